@@ -1,0 +1,1 @@
+"""Ray actors: thin shells around the plain classes of ``codegen_ray``."""

@@ -1,0 +1,169 @@
+"""SessionActor: one per session, pinned to the node holding its workspace and venv."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import ray
+
+from codegen_ray.config import Settings
+from codegen_ray.errors import CodegenError, ErrorCode
+from codegen_ray.isolation import probe_isolation
+from codegen_ray.process import ProcessRunner
+from codegen_ray.session import (
+    Event,
+    SessionInfo,
+    SessionRuntime,
+    SessionSpec,
+    SessionState,
+    effective_limits,
+    now_ms,
+)
+from codegen_ray.venv import VenvManager
+
+_STREAM_END = object()
+
+
+@ray.remote
+class SessionActor:
+    def __init__(
+        self, session_id: str, session_dir: str, node_id: str, worker_id: str, settings: Settings
+    ) -> None:
+        self.settings = settings
+        self.runtime = SessionRuntime(
+            session_id,
+            Path(session_dir),
+            runner=ProcessRunner(probe_isolation()),
+            venvs=VenvManager(
+                ProcessRunner(probe_isolation()), cache_dir=settings.resolved_uv_cache_dir()
+            ),
+            limits=settings.limits,
+        )
+        self.info_ = SessionInfo(
+            session_id=session_id,
+            state=SessionState.CREATING,
+            node_id=node_id,
+            worker_id=worker_id,
+            created_ms=now_ms(),
+            limits=settings.limits,
+        )
+        self.calls: dict[str, asyncio.Task[Any]] = {}
+
+    async def start(self) -> dict[str, Any]:
+        """Make the workspace and venv; idempotent."""
+        if self.info_.state == SessionState.CREATING:
+            try:
+                await self.runtime.start()
+            except Exception:
+                self.info_.state = SessionState.FAILED
+                raise
+            self.info_.state = SessionState.READY
+        return self.info()
+
+    async def configure(self, spec: dict[str, Any]) -> dict[str, Any]:
+        """Give a (possibly pre-warmed) session its client's spec."""
+        parsed = SessionSpec.model_validate(spec)
+        limits = effective_limits(self.settings.limits, parsed.limits)
+        self.runtime.configure(limits=limits, env=parsed.env)
+        now = now_ms()
+        self.info_ = self.info_.model_copy(
+            update={
+                "env": parsed.env,
+                "metadata": parsed.metadata,
+                "limits": limits,
+                "created_ms": now,
+            }
+        )
+        self.runtime.last_activity_ms = now
+        return self.info()
+
+    def info(self) -> dict[str, Any]:
+        state = self.info_.state
+        if state in (SessionState.READY, SessionState.BUSY, SessionState.IDLE):
+            if self.runtime.active_calls:
+                state = SessionState.BUSY
+            elif self.runtime.last_activity_ms > self.info_.created_ms:
+                state = SessionState.IDLE
+        return self.info_.model_copy(
+            update={"state": state, "last_activity_ms": self.runtime.last_activity_ms}
+        ).model_dump(mode="json")
+
+    def update_metadata(self, metadata: dict[str, str], replace: bool) -> dict[str, str]:
+        merged = dict(metadata) if replace else {**self.info_.metadata, **metadata}
+        self.info_ = self.info_.model_copy(update={"metadata": merged})
+        return merged
+
+    async def call(self, call_id: str, tool: str, arguments: dict[str, Any]) -> dict[str, Any]:
+        self._require_usable()
+        task = asyncio.ensure_future(self.runtime.call(tool, arguments))
+        self.calls[call_id] = task
+        try:
+            return await task
+        except asyncio.CancelledError:
+            raise CodegenError(ErrorCode.CANCELLED, f"{tool} was cancelled") from None
+        finally:
+            self.calls.pop(call_id, None)
+
+    async def call_stream(
+        self, call_id: str, tool: str, arguments: dict[str, Any]
+    ) -> AsyncIterator[Event]:
+        """Yield output and progress events as they happen, then one result or error event."""
+        self._require_usable()
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+
+        async def run() -> None:
+            try:
+                result = await self.runtime.call(tool, arguments, queue.put)
+                await queue.put({"type": "result", "result": result})
+            except asyncio.CancelledError:
+                await queue.put({"type": "error", "error": _cancelled(tool).to_dict()})
+            except CodegenError as exc:
+                await queue.put({"type": "error", "error": exc.to_dict()})
+            finally:
+                await queue.put(_STREAM_END)
+
+        task = asyncio.ensure_future(run())
+        self.calls[call_id] = task
+        try:
+            while (event := await queue.get()) is not _STREAM_END:
+                yield event
+        finally:
+            self.calls.pop(call_id, None)
+            if not task.done():
+                task.cancel()
+
+    def cancel(self, call_id: str) -> bool:
+        task = self.calls.get(call_id)
+        if task is None or task.done():
+            return False
+        task.cancel()
+        return True
+
+    async def destroy(self) -> None:
+        """Kill every running call, then remove the workspace and venv."""
+        self.info_.state = SessionState.DESTROYING
+        tasks = list(self.calls.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.to_thread(self.runtime.destroy)
+        self.info_.state = SessionState.DESTROYED
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def _require_usable(self) -> None:
+        if self.info_.state in (SessionState.DESTROYING, SessionState.DESTROYED):
+            raise CodegenError(ErrorCode.NOT_FOUND, f"session {self.info_.session_id} is destroyed")
+        if self.info_.state == SessionState.CREATING:
+            raise CodegenError(
+                ErrorCode.UNAVAILABLE, "session is still starting; retry", retriable=True
+            )
+
+
+def _cancelled(tool: str) -> CodegenError:
+    return CodegenError(ErrorCode.CANCELLED, f"{tool} was cancelled")

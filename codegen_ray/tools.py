@@ -1,0 +1,242 @@
+"""The tool registry: one pydantic model per tool's arguments and one per its result.
+
+The JSON Schemas that gRPC ``ListTools`` and MCP ``tools/list`` publish are generated
+from these models, so the fronts can never disagree. Descriptions are read by LLMs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from codegen_ray.errors import CodegenError, ErrorCode, invalid
+from codegen_ray.process import RunResult
+from codegen_ray.venv import InstallResult, PackageInfo
+from codegen_ray.workspace import FileEntry
+
+Encoding = Literal["utf-8", "base64"]
+
+
+class Args(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class EchoArgs(Args):
+    message: str = Field(description="Text to send back unchanged.")
+
+
+class EchoResult(BaseModel):
+    message: str
+
+
+class FsReadArgs(Args):
+    path: str = Field(description="File path relative to the workspace root.")
+    offset: int = Field(0, ge=0, description="Byte offset to start reading at.")
+    length: int | None = Field(None, ge=0, description="Bytes to read; default: to the end.")
+    encoding: Encoding = Field(
+        "utf-8", description="utf-8 for text; base64 for binary files such as images."
+    )
+
+
+class FsReadResult(BaseModel):
+    contents: str
+    size_bytes: int = Field(description="Size of the whole file.")
+    encoding: Encoding
+
+
+class FsWriteArgs(Args):
+    path: str = Field(description="File path relative to the workspace root.")
+    contents: str = Field(description="Text, or base64 data when encoding is base64.")
+    encoding: Encoding = Field("utf-8", description="How contents is encoded.")
+    create_dirs: bool = Field(True, description="Create missing parent directories.")
+    append: bool = Field(False, description="Append instead of replacing the file.")
+
+
+class FsWriteResult(BaseModel):
+    path: str
+    bytes_written: int
+
+
+class FsListArgs(Args):
+    path: str = Field("", description="Directory relative to the workspace root; '' is the root.")
+    recursive: bool = Field(False, description="Include everything below, not just children.")
+    pattern: str | None = Field(None, description="Glob on the relative path, e.g. '*.py'.")
+
+
+class FsListResult(BaseModel):
+    files: list[FileEntry]
+    total_count: int
+
+
+class FsDeleteArgs(Args):
+    path: str = Field(description="File or directory relative to the workspace root.")
+    recursive: bool = Field(False, description="Required to delete a non-empty directory.")
+
+
+class FsDeleteResult(BaseModel):
+    deleted: bool
+
+
+class RunPythonArgs(Args):
+    code: str | None = Field(None, description="Python source to run.")
+    file: str | None = Field(None, description="Workspace path of a .py file to run.")
+    module: str | None = Field(None, description="Module to run as with python -m.")
+    args: list[str] = Field(default_factory=list, description="Command-line arguments.")
+    env: dict[str, str] = Field(default_factory=dict, description="Extra environment variables.")
+    stdin: str | None = Field(None, description="Text fed to standard input.")
+    timeout_seconds: float | None = Field(
+        None, gt=0, description="Wall-clock limit; the process is killed when it passes."
+    )
+
+    @model_validator(mode="after")
+    def _exactly_one_source(self) -> RunPythonArgs:
+        given = [name for name in ("code", "file", "module") if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                f"give exactly one of code, file or module (got {', '.join(given) or 'none'})"
+            )
+        return self
+
+
+class PkgInstallArgs(Args):
+    packages: list[str] = Field(
+        description="Requirement specs, e.g. ['requests', 'numpy==2.1.0'] or 'requests numpy'."
+    )
+    upgrade: bool = Field(False, description="Upgrade packages that are already installed.")
+    no_deps: bool = Field(False, description="Do not install dependencies.")
+    index_url: str | None = Field(None, description="Package index URL instead of the default.")
+
+    @field_validator("packages", mode="before")
+    @classmethod
+    def _split_string(cls, value: Any) -> Any:
+        return value.split() if isinstance(value, str) else value
+
+    @field_validator("packages")
+    @classmethod
+    def _not_empty(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("name at least one package")
+        return value
+
+
+class PkgListArgs(Args):
+    pass
+
+
+class PkgListResult(BaseModel):
+    packages: list[PackageInfo]
+
+
+class TaskArgs(Args):
+    task_id: str = Field(description="Id returned by an asynchronous tool call.")
+
+
+TaskState = Literal["pending", "running", "completed", "failed", "cancelled"]
+
+
+class TaskStatus(BaseModel):
+    task_id: str
+    state: TaskState
+    tool: str
+    session_id: str = ""
+    created_ms: int
+    finished_ms: int = 0
+    error: str = ""
+
+
+class TaskCancelResult(BaseModel):
+    task_id: str
+    cancelled: bool
+    state: TaskState
+
+
+class TaskResult(BaseModel):
+    """The finished task's own result, as its tool returns it."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+@dataclass(frozen=True)
+class ToolSpec:
+    name: str
+    description: str
+    args: type[Args]
+    result: type[BaseModel]
+    requires_session: bool = True
+    mutating: bool = False
+    # A result with a non-zero exit_code is reported as a tool failure (isError).
+    fails_on_exit_code: bool = False
+
+    def is_failure(self, result: dict[str, Any]) -> bool:
+        return self.fails_on_exit_code and result.get("exit_code", 0) != 0
+
+    @property
+    def read_only(self) -> bool:
+        return not self.mutating
+
+    def input_schema(self) -> dict[str, Any]:
+        return self.args.model_json_schema()
+
+    def output_schema(self) -> dict[str, Any]:
+        return self.result.model_json_schema()
+
+
+TOOLS: dict[str, ToolSpec] = {
+    spec.name: spec
+    for spec in (
+        ToolSpec("echo", "Return the message unchanged (connectivity check).", EchoArgs,
+                 EchoResult, requires_session=False),
+        ToolSpec("fs.read", "Read a workspace file as UTF-8 text or base64.", FsReadArgs,
+                 FsReadResult),
+        ToolSpec("fs.write", "Create or overwrite a workspace file (or append to it).",
+                 FsWriteArgs, FsWriteResult, mutating=True),
+        ToolSpec("fs.list", "List files and directories in the workspace.", FsListArgs,
+                 FsListResult),
+        ToolSpec("fs.delete", "Delete a workspace file or directory.", FsDeleteArgs,
+                 FsDeleteResult, mutating=True),
+        ToolSpec("run.python",
+                 "Run Python (code, a workspace file, or a module) in the session's venv; "
+                 "returns stdout, stderr and the exit code. The workspace is the cwd.",
+                 RunPythonArgs, RunResult, mutating=True),
+        ToolSpec("pkg.install", "Install packages from the package index into the session's venv.",
+                 PkgInstallArgs, InstallResult, mutating=True, fails_on_exit_code=True),
+        ToolSpec("pkg.list", "List the packages installed in the session's venv.", PkgListArgs,
+                 PkgListResult),
+        ToolSpec("task.get_status", "State of an asynchronous tool call.", TaskArgs, TaskStatus,
+                 requires_session=False),
+        ToolSpec("task.get_result", "Result of a finished asynchronous tool call.", TaskArgs,
+                 TaskResult, requires_session=False),
+        ToolSpec("task.cancel", "Cancel an asynchronous tool call; kills its process.", TaskArgs,
+                 TaskCancelResult, requires_session=False),
+    )
+}
+
+
+def get_tool(name: str) -> ToolSpec:
+    try:
+        return TOOLS[name]
+    except KeyError:
+        raise CodegenError(
+            ErrorCode.NOT_FOUND, f"unknown tool {name!r}; available: {', '.join(TOOLS)}"
+        ) from None
+
+
+def parse_args(spec: ToolSpec, arguments: dict[str, Any] | None) -> Args:
+    """Validate raw JSON arguments into the tool's model; errors read like instructions."""
+    try:
+        return spec.args.model_validate(arguments or {})
+    except ValidationError as exc:
+        raise invalid(f"bad arguments for {spec.name}: {describe_validation_error(exc)}") from None
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors(include_url=False, include_input=False):
+        where = ".".join(str(p) for p in err["loc"])
+        message = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            message = "unknown argument"
+        parts.append(f"{where}: {message}" if where else message)
+    return "; ".join(parts)

@@ -1,0 +1,86 @@
+"""The one entry point for tool calls, shared by the gRPC and MCP fronts."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from codegen_ray.errors import CodegenError
+from codegen_ray.session import Event
+from codegen_ray.tools import EchoArgs, TaskArgs, TaskCancelResult, get_tool, parse_args
+from gateway.router import SessionRouter
+from gateway.tasks import TaskManager
+
+EventSink = Callable[[Event], Awaitable[None]]
+
+
+@dataclass
+class ToolOutcome:
+    result: dict[str, Any] | None = None
+    task_id: str = ""
+    is_error: bool = False
+
+
+class Dispatcher:
+    def __init__(self, router: SessionRouter) -> None:
+        self.router = router
+        self.tasks = TaskManager(router.cancel)
+
+    async def call(
+        self,
+        name: str,
+        arguments: dict[str, Any] | None,
+        session_id: str = "",
+        *,
+        run_async: bool = False,
+        on_event: EventSink | None = None,
+    ) -> ToolOutcome:
+        spec = get_tool(name)
+        args = parse_args(spec, arguments)
+        if not spec.requires_session:
+            return ToolOutcome(await self._gateway_tool(name, args))
+        self.router.entry(session_id)  # fail fast on a missing or unknown session
+        raw = args.model_dump(exclude_unset=True)
+        call_id = uuid.uuid4().hex
+        if run_async:
+            record = self.tasks.start(
+                name, session_id, call_id, self.router.call(session_id, name, raw, call_id)
+            )
+            return ToolOutcome(task_id=record.task_id)
+        try:
+            if on_event is None:
+                result = await self.router.call(session_id, name, raw, call_id)
+            else:
+                result = await self._stream(session_id, name, raw, call_id, on_event)
+        except asyncio.CancelledError:
+            # The client went away or cancelled: kill the process, keep the session.
+            await asyncio.shield(self.router.cancel(session_id, call_id))
+            raise
+        return ToolOutcome(result, is_error=spec.is_failure(result))
+
+    async def _stream(
+        self, session_id: str, name: str, raw: dict[str, Any], call_id: str, on_event: EventSink
+    ) -> dict[str, Any]:
+        async for event in self.router.stream(session_id, name, raw, call_id):
+            if event["type"] == "result":
+                return event["result"]
+            if event["type"] == "error":
+                raise CodegenError(**event["error"])
+            await on_event(event)
+        raise CodegenError("INTERNAL", f"{name} ended without a result", retriable=True)
+
+    async def _gateway_tool(self, name: str, args: Any) -> dict[str, Any]:
+        if isinstance(args, EchoArgs):
+            return {"message": args.message}
+        assert isinstance(args, TaskArgs)
+        if name == "task.get_status":
+            return self.tasks.get(args.task_id).status().model_dump(mode="json")
+        if name == "task.get_result":
+            return self.tasks.result(args.task_id)
+        record = await self.tasks.cancel(args.task_id)
+        return TaskCancelResult(
+            task_id=record.task_id, cancelled=record.state == "cancelled", state=record.state
+        ).model_dump(mode="json")
