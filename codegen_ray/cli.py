@@ -119,7 +119,9 @@ def _run_gateway(settings: Settings, address: str | None, port_file: Path | None
 def _ray_start(args: list[str], settings: Settings) -> list[str]:
     from actors.options import node_resources
 
-    ray_bin = shutil.which("ray") or str(Path(sys.executable).parent / "ray")
+    # Prefer the ray beside this interpreter: PATH may hold another install (or a stale shim).
+    beside = Path(sys.executable).parent / "ray"
+    ray_bin = str(beside) if beside.exists() else shutil.which("ray") or "ray"
     return [
         ray_bin,
         "start",
