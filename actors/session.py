@@ -10,7 +10,8 @@ from typing import Any
 
 import ray
 
-from codegen_ray.config import Settings
+from codegen_ray.checkpoint import Manifest, open_checkpoint_store
+from codegen_ray.config import CheckpointPolicy, Settings
 from codegen_ray.errors import CodegenError, ErrorCode
 from codegen_ray.isolation import probe_isolation
 from codegen_ray.process import ProcessRunner
@@ -23,6 +24,7 @@ from codegen_ray.session import (
     effective_limits,
     now_ms,
 )
+from codegen_ray.tools import TOOLS
 from codegen_ray.venv import VenvManager
 
 _STREAM_END = object()
@@ -52,6 +54,11 @@ class SessionActor:
             limits=settings.limits,
         )
         self.calls: dict[str, asyncio.Task[Any]] = {}
+        self.store = open_checkpoint_store(settings)
+        self.last_manifest: Manifest | None = None
+        self._lock: list[str] | None = None
+        self._venv_stamp = -1
+        self._checkpointing = asyncio.Lock()
 
     async def start(self) -> dict[str, Any]:
         """Make the workspace and venv; idempotent."""
@@ -99,7 +106,7 @@ class SessionActor:
 
     async def call(self, call_id: str, tool: str, arguments: dict[str, Any]) -> dict[str, Any]:
         self._require_usable()
-        task = asyncio.ensure_future(self.runtime.call(tool, arguments))
+        task = asyncio.ensure_future(self._call_durably(tool, arguments))
         self.calls[call_id] = task
         try:
             return await task
@@ -117,7 +124,7 @@ class SessionActor:
 
         async def run() -> None:
             try:
-                result = await self.runtime.call(tool, arguments, queue.put)
+                result = await self._call_durably(tool, arguments, queue.put)
                 await queue.put({"type": "result", "result": result})
             except asyncio.CancelledError:
                 await queue.put({"type": "error", "error": _cancelled(tool).to_dict()})
@@ -135,6 +142,70 @@ class SessionActor:
             self.calls.pop(call_id, None)
             if not task.done():
                 task.cancel()
+
+    async def _call_durably(
+        self, tool: str, arguments: dict[str, Any], on_event: Any = None
+    ) -> dict[str, Any]:
+        """Run the tool; under the mutation policy, checkpoint before acknowledging."""
+        result = await self.runtime.call(tool, arguments, on_event)
+        policy = self.settings.checkpoint.policy
+        if policy == CheckpointPolicy.MUTATION and TOOLS[tool].mutating:
+            try:
+                await self.checkpoint("auto")
+            except CodegenError as exc:
+                # The session keeps working; the next checkpoint retries.
+                result["checkpoint_warning"] = f"checkpoint failed, change not yet durable: {exc}"
+        return result
+
+    # --- checkpoints -------------------------------------------------------------------
+
+    async def checkpoint(self, name: str = "") -> dict[str, Any]:
+        async with self._checkpointing:
+            packages = await self._package_lock()
+            manifest = await asyncio.to_thread(
+                self.store.save,
+                self.info_.session_id,
+                self.runtime.workspace_dir,
+                packages=packages,
+                env=self.info_.env,
+                metadata=self.info_.metadata,
+                name=name,
+                parent=self.last_manifest,
+            )
+            self.last_manifest = manifest
+            self.info_.last_checkpoint_id = manifest.checkpoint_id
+            await asyncio.to_thread(self.store.prune, self.info_.session_id)
+            return checkpoint_summary(manifest)
+
+    async def restore(self, checkpoint_id: str) -> dict[str, Any]:
+        """Make this (fresh) session hold the checkpoint's files, packages, env and metadata."""
+        manifest = await asyncio.to_thread(self.store.get, checkpoint_id)
+        await asyncio.to_thread(self.store.restore_files, manifest, self.runtime.workspace_dir)
+        if manifest.packages:
+            await self.runtime.venvs.sync(
+                self.runtime.venv_dir, manifest.packages, limits=self.runtime.limits
+            )
+        self.runtime.configure(limits=self.runtime.limits, env=manifest.env)
+        self.info_ = self.info_.model_copy(
+            update={
+                "env": manifest.env,
+                "metadata": manifest.metadata,
+                "last_checkpoint_id": manifest.checkpoint_id,
+            }
+        )
+        if manifest.session_id == self.info_.session_id:
+            self.last_manifest = manifest  # keep the chain incremental
+        return self.info()
+
+    async def _package_lock(self) -> list[str]:
+        """The venv's lock, re-read only when site-packages changed (a cheap stat)."""
+        stamp = _tree_stamp(self.runtime.venv_dir)
+        if self._lock is None or stamp != self._venv_stamp:
+            self._lock = await self.runtime.venvs.freeze(
+                self.runtime.venv_dir, limits=self.runtime.limits
+            )
+            self._venv_stamp = stamp
+        return self._lock
 
     def cancel(self, call_id: str) -> bool:
         task = self.calls.get(call_id)
@@ -163,6 +234,23 @@ class SessionActor:
             raise CodegenError(
                 ErrorCode.UNAVAILABLE, "session is still starting; retry", retriable=True
             )
+
+
+def _tree_stamp(venv_dir: Path) -> int:
+    site = next(venv_dir.glob("lib/python*/site-packages"), None)
+    return site.stat().st_mtime_ns if site is not None else 0
+
+
+def checkpoint_summary(manifest: Manifest) -> dict[str, Any]:
+    return {
+        "checkpoint_id": manifest.checkpoint_id,
+        "session_id": manifest.session_id,
+        "name": manifest.name,
+        "created_ms": manifest.created_ms,
+        "file_count": len(manifest.files),
+        "total_bytes": manifest.total_bytes,
+        "packages": manifest.packages,
+    }
 
 
 def _cancelled(tool: str) -> CodegenError:

@@ -47,28 +47,46 @@ class WorkerNodeActor:
     def sessions(self) -> dict[str, ActorHandle]:
         return dict(self.live)
 
-    async def create_session(self, spec: dict[str, Any]) -> tuple[str, ActorHandle, dict[str, Any]]:
-        """Claim a warm session or start one; raise RESOURCE_EXHAUSTED when the node is full."""
+    async def create_session(
+        self, spec: dict[str, Any], session_id: str = "", checkpoint_id: str = ""
+    ) -> tuple[str, ActorHandle, dict[str, Any]]:
+        """Claim a warm session or start one, optionally restored from a checkpoint.
+
+        Raises RESOURCE_EXHAUSTED when the node is full; a failed restore leaves nothing.
+        """
         if len(self.live) >= self.settings.max_sessions:
             raise exhausted(
                 f"worker {self.settings.node_worker_id()} is at MAX_SESSIONS="
                 f"{self.settings.max_sessions}; destroy a session or add a worker node"
             )
-        if not self.warm and self.warming and len(self.live) + self.warming >= self.settings.max_sessions:
+        fixed_id = bool(session_id)
+        if not self.warm and self.warming and self._full_with_warming():
             # The last free slots are held by sessions warming up: wait for one.
             await self._wait_for_warm()
-        if self.warm:
+        if fixed_id and self.warm and self._full_with_warming():
+            # A fixed id cannot take a warm actor (names are fixed): free its slot.
+            spare_id, spare = self.warm.pop()
+            ray.kill(spare, no_restart=True)
+            shutil.rmtree(self.base / spare_id, ignore_errors=True)
+        if self.warm and not fixed_id:
             session_id, handle = self.warm.pop()
         else:
-            session_id, handle = await self._start_session()
+            session_id, handle = await self._start_session(session_id or uuid.uuid4().hex)
         self.live[session_id] = handle
         try:
-            info = await handle.configure.remote(spec)
+            if checkpoint_id:
+                info = await handle.restore.remote(checkpoint_id)
+            else:
+                info = await handle.configure.remote(spec)
         except BaseException:
             await self.release(session_id)
             raise
         self._refill()
         return session_id, handle, info
+
+    def _full_with_warming(self) -> bool:
+        taken = len(self.live) + len(self.warm) + self.warming
+        return taken >= self.settings.max_sessions
 
     async def release(self, session_id: str) -> None:
         """Forget a destroyed session and free its slot."""
@@ -94,8 +112,7 @@ class WorkerNodeActor:
         while not self.warm and self.warming and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.02)
 
-    async def _start_session(self) -> tuple[str, ActorHandle]:
-        session_id = uuid.uuid4().hex
+    async def _start_session(self, session_id: str) -> tuple[str, ActorHandle]:
         handle = SessionActor.options(
             **session_actor_options(session_id, self.node_id, self.namespace)
         ).remote(
@@ -134,7 +151,7 @@ class WorkerNodeActor:
 
     async def _warm_one(self) -> None:
         try:
-            self.warm.append(await self._start_session())
+            self.warm.append(await self._start_session(uuid.uuid4().hex))
         except Exception:  # noqa: BLE001 - a failed warm-up only means a cold start later
             pass
         finally:

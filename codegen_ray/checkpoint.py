@@ -21,6 +21,7 @@ from __future__ import annotations
 import builtins
 import errno
 import hashlib
+import json
 import os
 import re
 import secrets
@@ -35,7 +36,8 @@ from typing import NamedTuple, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from codegen_ray.blobstore import MAX_CONCURRENCY, BlobStore
+from codegen_ray.blobstore import MAX_CONCURRENCY, BlobStore, open_blob_store
+from codegen_ray.config import Settings
 from codegen_ray.errors import CodegenError, ErrorCode, invalid, not_found
 
 # A file modified this close to the parent's save may have changed again within one
@@ -410,3 +412,36 @@ def _swap(staging: Path, dest: Path, old: Path) -> None:
             os.rename(staging, dest)
     except OSError as e:
         raise _local_error(f"restore into {dest}", e) from e
+
+
+class SessionMarkers:
+    """Small JSON records beside the checkpoints: which sessions are hibernated.
+
+    They live in the store so hibernated sessions survive a gateway restart.
+    """
+
+    PREFIX = "hibernated/"
+
+    def __init__(self, blobs: BlobStore) -> None:
+        self.blobs = blobs
+
+    def put(self, session_id: str, info: dict[str, object]) -> None:
+        self.blobs.put(f"{self.PREFIX}{session_id}.json", json.dumps(info).encode())
+
+    def delete(self, session_id: str) -> None:
+        self.blobs.delete(f"{self.PREFIX}{session_id}.json")
+
+    def all(self) -> dict[str, dict[str, object]]:
+        out = {}
+        for key in self.blobs.list(self.PREFIX):
+            session_id = key[len(self.PREFIX) : -len(".json")]
+            try:
+                out[session_id] = json.loads(self.blobs.get(key))
+            except (CodegenError, ValueError):
+                continue  # deleted meanwhile, or half-written by an old writer
+        return out
+
+
+def open_checkpoint_store(settings: Settings) -> CheckpointStore:
+    blobs = open_blob_store(settings.resolved_store_uri(), settings.checkpoint)
+    return CheckpointStore(blobs, keep_last=settings.checkpoint.keep_last)

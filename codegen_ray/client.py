@@ -108,10 +108,28 @@ class AsyncClient:
         response = await self._rpc(self.sessions.Destroy, pb.SessionRef(session_id=session_id))
         return bool(response.destroyed)
 
+    async def checkpoint(self, session_id: str, name: str = "") -> dict[str, Any]:
+        request = pb.CheckpointRequest(session_id=session_id, name=name)
+        return message_to_dict(await self._rpc(self.sessions.Checkpoint, request))
+
+    async def restore(
+        self, checkpoint_id: str, *, node: str = "", new_session: bool = False
+    ) -> dict[str, Any]:
+        request = pb.RestoreRequest(checkpoint_id=checkpoint_id, node=node, new_session=new_session)
+        return session_from_proto(await self._rpc(self.sessions.Restore, request))
+
+    async def list_checkpoints(self, session_id: str) -> list[dict[str, Any]]:
+        response = await self._rpc(
+            self.sessions.ListCheckpoints, pb.SessionRef(session_id=session_id)
+        )
+        return [message_to_dict(c) for c in response.checkpoints]
+
     async def update_metadata(
         self, session_id: str, metadata: dict[str, str], *, replace: bool = False
     ) -> dict[str, str]:
-        request = pb.UpdateMetadataRequest(session_id=session_id, metadata=metadata, replace=replace)
+        request = pb.UpdateMetadataRequest(
+            session_id=session_id, metadata=metadata, replace=replace
+        )
         return dict((await self._rpc(self.sessions.UpdateMetadata, request)).metadata)
 
     async def status(self) -> dict[str, Any]:
@@ -150,7 +168,9 @@ class AsyncClient:
         self, tool: str, arguments: dict[str, Any] | None = None, *, session_id: str = ""
     ) -> AsyncIterator[pb.ToolEvent]:
         """Yield ToolEvents (output chunks, progress), the last one carrying the result."""
-        request = pb.CallToolRequest(name=tool, arguments=to_struct(arguments), session_id=session_id)
+        request = pb.CallToolRequest(
+            name=tool, arguments=to_struct(arguments), session_id=session_id
+        )
         call = self.tools.StreamTool(request, timeout=self.timeout)
         try:
             async for event in call:

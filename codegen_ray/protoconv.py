@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from google.protobuf import json_format, struct_pb2
+from google.protobuf.descriptor import FieldDescriptor
 
 from codegen_ray.proto import codegen_pb2 as pb
 
@@ -57,8 +58,28 @@ def session_from_proto(session: pb.Session) -> dict[str, Any]:
 
 
 def message_to_dict(message: Any) -> dict[str, Any]:
-    return _ints(
-        json_format.MessageToDict(
-            message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
-        )
+    data = json_format.MessageToDict(
+        message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
     )
+    return _int64_as_int(message.DESCRIPTOR, _ints(data))
+
+
+_INT64 = {FieldDescriptor.TYPE_INT64, FieldDescriptor.TYPE_UINT64, FieldDescriptor.TYPE_SINT64}
+
+
+def _int64_as_int(descriptor: Any, data: dict[str, Any]) -> dict[str, Any]:
+    """JSON mapping writes 64-bit integers as strings; give them back as ints."""
+    for field in descriptor.fields:
+        if field.name not in data:
+            continue
+        value = data[field.name]
+        if field.type in _INT64:
+            data[field.name] = [int(v) for v in value] if isinstance(value, list) else int(value)
+        elif field.message_type is not None and not field.message_type.GetOptions().map_entry:
+            if field.message_type.full_name.startswith("google.protobuf."):
+                continue
+            items = value if isinstance(value, list) else [value]
+            for item in items:
+                if isinstance(item, dict):
+                    _int64_as_int(field.message_type, item)
+    return data

@@ -60,7 +60,9 @@ class SessionsService(pb_grpc.SessionsServicer):
     @_errors_to_status
     async def Create(self, request: pb.CreateSessionRequest, context: Any) -> pb.Session:
         spec = SessionSpec(
-            env=dict(request.env), metadata=dict(request.metadata), limits=from_struct(request.limits)
+            env=dict(request.env),
+            metadata=dict(request.metadata),
+            limits=from_struct(request.limits),
         )
         return session_to_proto(await self.router.create(spec, request.node))
 
@@ -78,6 +80,22 @@ class SessionsService(pb_grpc.SessionsServicer):
     async def Destroy(self, request: pb.SessionRef, context: Any) -> pb.DestroySessionResponse:
         await self.router.destroy(request.session_id)
         return pb.DestroySessionResponse(destroyed=True)
+
+    @_errors_to_status
+    async def Checkpoint(self, request: pb.CheckpointRequest, context: Any) -> pb.CheckpointInfo:
+        return pb.CheckpointInfo(**await self.router.checkpoint(request.session_id, request.name))
+
+    @_errors_to_status
+    async def Restore(self, request: pb.RestoreRequest, context: Any) -> pb.Session:
+        info = await self.router.restore(request.checkpoint_id, request.node, request.new_session)
+        return session_to_proto(info)
+
+    @_errors_to_status
+    async def ListCheckpoints(
+        self, request: pb.SessionRef, context: Any
+    ) -> pb.ListCheckpointsResponse:
+        summaries = await self.router.list_checkpoints(request.session_id)
+        return pb.ListCheckpointsResponse(checkpoints=[pb.CheckpointInfo(**s) for s in summaries])
 
     @_errors_to_status
     async def GetMetadata(self, request: pb.SessionRef, context: Any) -> pb.Metadata:
@@ -193,7 +211,6 @@ class ToolsService(pb_grpc.ToolsServicer):
                 )
             )
         return task
-
 
 
 class ClusterService(pb_grpc.ClusterServicer):
