@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import mimetypes
 import shutil
 import time
 from collections.abc import Awaitable, Callable
@@ -21,6 +22,8 @@ from codegen_ray.config import Limits
 from codegen_ray.errors import CodegenError, ErrorCode, invalid, not_found
 from codegen_ray.process import ProcessRunner
 from codegen_ray.tools import (
+    ArtifactGetArgs,
+    ArtifactGetResult,
     EchoArgs,
     EchoResult,
     FsDeleteArgs,
@@ -136,6 +139,7 @@ class SessionRuntime:
             "run.python": self._run_python,
             "pkg.install": self._pkg_install,
             "pkg.list": self._pkg_list,
+            "artifact.get": self._artifact_get,
         }
 
     async def start(self) -> None:
@@ -278,6 +282,18 @@ class SessionRuntime:
     async def _pkg_list(self, args: PkgListArgs, _: EventCallback | None) -> PkgListResult:
         packages = await self.venvs.list(self.venv_dir, limits=self._install_limits())
         return PkgListResult(packages=packages)
+
+    async def _artifact_get(
+        self, args: ArtifactGetArgs, _: EventCallback | None
+    ) -> ArtifactGetResult:
+        path = args.workspace_path  # an artifact id is a workspace path, for now
+        data, size = await asyncio.to_thread(self.workspace.read, path)
+        return ArtifactGetResult(
+            path=path,
+            data=base64.b64encode(data).decode(),
+            content_type=mimetypes.guess_type(path)[0] or "application/octet-stream",
+            size_bytes=size,
+        )
 
     def _install_limits(self) -> Limits:
         # Resolving and downloading takes longer than a typical run; use the ceiling.

@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from codegen_ray.config import Limits
 from codegen_ray.errors import CodegenError, ErrorCode, invalid
 from codegen_ray.process import RunResult
 from codegen_ray.venv import InstallResult, PackageInfo
@@ -212,6 +213,66 @@ TOOLS: dict[str, ToolSpec] = {
                  TaskCancelResult, requires_session=False),
     )
 }
+
+
+# --- artifacts and session introspection (issue 4) ------------------------------------
+
+
+class ArtifactGetArgs(Args):
+    artifact_id: str | None = Field(
+        None, description="Artifact id; for now an artifact id is the file's workspace path."
+    )
+    path: str | None = Field(None, description="File path relative to the workspace root.")
+
+    @model_validator(mode="after")
+    def _exactly_one_ref(self) -> ArtifactGetArgs:
+        if (self.artifact_id is None) == (self.path is None):
+            raise ValueError("give exactly one of artifact_id or path")
+        return self
+
+    @property
+    def workspace_path(self) -> str:
+        return self.path if self.path is not None else str(self.artifact_id)
+
+
+class ArtifactGetResult(BaseModel):
+    path: str = Field(description="Workspace path of the file.")
+    data: str = Field(description="The file's bytes, base64-encoded.")
+    content_type: str = Field(description="MIME type guessed from the file name.")
+    size_bytes: int
+
+
+class SessionInfoArgs(Args):
+    pass
+
+
+class SessionInfoResult(BaseModel):
+    """Mirrors ``codegen_ray.session.SessionInfo`` (not importable here: session imports tools)."""
+
+    session_id: str
+    state: str = Field(description="creating, ready, busy, idle, hibernated, failed, ...")
+    node_id: str = ""
+    worker_id: str = ""
+    created_ms: int = 0
+    last_activity_ms: int = 0
+    metadata: dict[str, str] = Field(default_factory=dict)
+    env: dict[str, str] = Field(default_factory=dict)
+    limits: Limits = Limits()
+    last_checkpoint_id: str = ""
+
+
+TOOLS.update(
+    (spec.name, spec)
+    for spec in (
+        ToolSpec("artifact.get",
+                 "Fetch a workspace file by path or artifact id, binary-safe (base64); "
+                 "images also come back as image content.",
+                 ArtifactGetArgs, ArtifactGetResult),
+        ToolSpec("session.info",
+                 "State, node, limits and metadata of the session these tools run in.",
+                 SessionInfoArgs, SessionInfoResult),
+    )
+)
 
 
 def get_tool(name: str) -> ToolSpec:
