@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -14,6 +15,7 @@ from codegen_ray.checkpoint import Manifest, open_checkpoint_store
 from codegen_ray.config import CheckpointPolicy, Settings
 from codegen_ray.errors import CodegenError, ErrorCode
 from codegen_ray.isolation import probe_isolation
+from codegen_ray.kernel import KernelRuntime
 from codegen_ray.process import ProcessRunner
 from codegen_ray.session import (
     Event,
@@ -36,14 +38,17 @@ class SessionActor:
         self, session_id: str, session_dir: str, node_id: str, worker_id: str, settings: Settings
     ) -> None:
         self.settings = settings
+        runner = ProcessRunner(probe_isolation())
+        venvs = VenvManager(runner, cache_dir=settings.resolved_uv_cache_dir())
         self.runtime = SessionRuntime(
             session_id,
             Path(session_dir),
-            runner=ProcessRunner(probe_isolation()),
-            venvs=VenvManager(
-                ProcessRunner(probe_isolation()), cache_dir=settings.resolved_uv_cache_dir()
-            ),
+            runner=runner,
+            venvs=venvs,
             limits=settings.limits,
+            kernel_runtime=KernelRuntime(
+                settings.state_dir / "kernel-runtime", runner=runner, venvs=venvs
+            ),
         )
         self.info_ = SessionInfo(
             session_id=session_id,
@@ -69,7 +74,14 @@ class SessionActor:
                 self.info_.state = SessionState.FAILED
                 raise
             self.info_.state = SessionState.READY
+            self._prewarm = asyncio.ensure_future(self._prepare_kernel())
         return self.info()
+
+    async def _prepare_kernel(self) -> None:
+        try:
+            await self.runtime.prepare_kernel()
+        except Exception:  # noqa: BLE001 - the first kernel.execute retries and reports it
+            logging.getLogger(__name__).warning("kernel runtime prewarm failed", exc_info=True)
 
     async def configure(self, spec: dict[str, Any]) -> dict[str, Any]:
         """Give a (possibly pre-warmed) session its client's spec."""
@@ -186,6 +198,7 @@ class SessionActor:
                 self.runtime.venv_dir, manifest.packages, limits=self.runtime.limits
             )
         self.runtime.configure(limits=self.runtime.limits, env=manifest.env)
+        await self.runtime.on_restored()
         self.info_ = self.info_.model_copy(
             update={
                 "env": manifest.env,
@@ -221,6 +234,7 @@ class SessionActor:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await self.runtime.close_kernel()
         await asyncio.to_thread(self.runtime.destroy)
         self.info_.state = SessionState.DESTROYED
 

@@ -65,11 +65,13 @@ def _serve_options(fn: Any) -> Any:
     for option in reversed(
         [
             click.option("--grpc-port", type=int, help="gRPC port (env GRPC_PORT, default 50051)."),
+            click.option("--http-port", type=int,
+                         help="MCP/health HTTP port (env CODEGEN_HTTP_PORT, default 8080)."),
             click.option("--host", help="Interface to listen on (env CODEGEN_HOST)."),
             click.option("--max-sessions", type=int, help="Sessions on this node (MAX_SESSIONS)."),
             click.option("--base-workspace", type=click.Path(path_type=Path)),
             click.option("--port-file", type=click.Path(path_type=Path),
-                         help="Write the bound gRPC port here once serving."),
+                         help="Write the bound gRPC port here once serving (HTTP: PATH.http)."),
         ]
     ):
         fn = option(fn)
@@ -97,10 +99,13 @@ def _run_gateway(settings: Settings, address: str | None, port_file: Path | None
         await gateway.start()
         assert gateway.connection is not None
         if port_file is not None:
+            # The HTTP port first: readers wait for the gRPC port file to appear.
+            port_file.with_name(port_file.name + ".http").write_text(str(gateway.http_port))
             port_file.write_text(str(gateway.grpc_port))
         click.echo(
             f"codegen-ray gateway: grpc {settings.host}:{gateway.grpc_port}  "
-            f"ray {gateway.connection.address}  dashboard {gateway.connection.dashboard_url or '-'}",
+            f"ray {gateway.connection.address}  dashboard {gateway.connection.dashboard_url or '-'}"
+            f"  http {settings.host}:{gateway.http_port} (MCP /mcp /sse, /health)",
             err=True,
         )
         stop = asyncio.Event()
@@ -143,15 +148,26 @@ def _node_env(settings: Settings) -> dict[str, str]:
     return env
 
 
-@main.command()
+@main.command(context_settings={"ignore_unknown_options": True})
 @click.option("--address", help="Ray head host:port (env COORDINATOR_ADDR).")
 @click.option("--worker-id", help="Name of this worker node (env WORKER_ID).")
 @click.option("--max-sessions", type=int)
 @click.option("--base-workspace", type=click.Path(path_type=Path))
 @click.option("--temp-dir", type=click.Path(path_type=Path), help="Ray temp dir of this node.")
 @click.option("--num-cpus", type=int)
-def worker(address: str | None, temp_dir: Path | None, num_cpus: int | None, **overrides: Any) -> None:
-    """Join this machine to the cluster as a worker node carrying codegen resources; blocks."""
+@click.argument("ray_args", nargs=-1, type=click.UNPROCESSED)
+def worker(
+    address: str | None,
+    temp_dir: Path | None,
+    num_cpus: int | None,
+    ray_args: tuple[str, ...],
+    **overrides: Any,
+) -> None:
+    """Join this machine to the cluster as a worker node carrying codegen resources; blocks.
+
+    RAY_ARGS after `--` go to `ray start` as they are, e.g.
+    `-- --object-store-memory=157286400 --dashboard-agent-listen-port=0`.
+    """
     settings = build_settings(**overrides)
     address = address or settings.coordinator_addr
     if not address:
@@ -161,7 +177,8 @@ def worker(address: str | None, temp_dir: Path | None, num_cpus: int | None, **o
         args.append(f"--temp-dir={temp_dir}")
     if num_cpus is not None:
         args.append(f"--num-cpus={num_cpus}")
-    os.execvpe(_ray_start(args, settings)[0], _ray_start(args, settings), _node_env(settings))
+    command = _ray_start([*args, *ray_args], settings)
+    os.execvpe(command[0], command, _node_env(settings))
 
 
 @main.command()
@@ -307,6 +324,33 @@ def session_destroy(session_id: str, target: str) -> None:
     emit({"destroyed": client_call(target, lambda c: c.destroy_session(session_id))})
 
 
+@session.command("checkpoint")
+@click.argument("session_id")
+@target_option
+@click.option("--name", default="", help="A label for the checkpoint.")
+def session_checkpoint(session_id: str, target: str, name: str) -> None:
+    """Snapshot the session's files, package lock, env and metadata."""
+    emit(client_call(target, lambda c: c.checkpoint(session_id, name)))
+
+
+@session.command("checkpoints")
+@click.argument("session_id")
+@target_option
+def session_checkpoints(session_id: str, target: str) -> None:
+    """List a session's checkpoints, newest first."""
+    emit(client_call(target, lambda c: c.list_checkpoints(session_id)))
+
+
+@session.command("restore")
+@click.argument("checkpoint_id")
+@target_option
+@click.option("--node", default="", help="Ray node id or WORKER_ID to restore onto.")
+@click.option("--new-session", is_flag=True, help="Restore as a new session; keep the old one.")
+def session_restore(checkpoint_id: str, target: str, node: str, new_session: bool) -> None:
+    """Restore a checkpoint (in place, onto another node, or as a new session)."""
+    emit(client_call(target, lambda c: c.restore(checkpoint_id, node=node, new_session=new_session)))
+
+
 @main.command()
 @target_option
 @click.option("--json", "as_json", is_flag=True)
@@ -327,6 +371,15 @@ def status(target: str, as_json: bool) -> None:
             f"{used:>9} {node['warm_sessions']:>5}"
         )
 
+
+from codegen_ray.bench import bench  # noqa: E402
+
+main.add_command(bench)
+
+
+from codegen_ray.mcp_stdio import mcp  # noqa: E402 - registered after the group exists
+
+main.add_command(mcp)
 
 if __name__ == "__main__":
     main()

@@ -7,6 +7,13 @@ from typing import Any
 
 
 def render_text(tool: str, result: dict[str, Any]) -> str:
+    text = _render(tool, result)
+    if result.get("checkpoint_warning"):
+        text += f"\n[warning: {result['checkpoint_warning']}]"
+    return text
+
+
+def _render(tool: str, result: dict[str, Any]) -> str:
     if tool == "run.python":
         return _render_run(result)
     if tool == "pkg.install":
@@ -14,6 +21,8 @@ def render_text(tool: str, result: dict[str, Any]) -> str:
         if result.get("exit_code", 0) != 0:
             return f"install failed (exit {result['exit_code']}):\n{result.get('output', '')}"
         return f"installed: {installed}" if installed else "already installed; nothing changed"
+    if tool == "artifact.get":
+        return _render_artifact(result)
     if tool == "fs.read" and result.get("encoding") == "utf-8":
         return str(result.get("contents", ""))
     return json.dumps(result, indent=1, ensure_ascii=False)
@@ -30,3 +39,10 @@ def _render_run(result: dict[str, Any]) -> str:
     if result.get("truncated"):
         parts.append("[output truncated: write large output to a file and read it in pages]")
     return "\n".join(p for p in parts if p) or "[no output]"
+
+
+def _render_artifact(result: dict[str, Any]) -> str:
+    return (
+        f"{result.get('path', '')}: {result.get('content_type', '')}, "
+        f"{result.get('size_bytes', 0)} bytes (base64 in the structured result's data)"
+    )

@@ -20,6 +20,17 @@ from pydantic import BaseModel, Field
 
 from codegen_ray.config import Limits
 from codegen_ray.errors import CodegenError, ErrorCode, invalid, not_found
+from codegen_ray.kernel import KernelExecuteResult, KernelRuntime, SessionKernel
+from codegen_ray.kernel_tools import (
+    KernelExecuteArgs,
+    KernelInterruptArgs,
+    KernelInterruptResult,
+    KernelRestartArgs,
+    KernelRestartResult,
+    kernel_execute,
+    kernel_interrupt,
+    kernel_restart,
+)
 from codegen_ray.process import ProcessRunner
 from codegen_ray.tools import (
     ArtifactGetArgs,
@@ -95,9 +106,8 @@ def effective_limits(ceiling: Limits, overrides: dict[str, Any]) -> Limits:
         raise invalid(f"bad limits: {exc}") from None
     for name in overrides:
         if name != "kill_grace_seconds" and getattr(asked, name) > getattr(ceiling, name):
-            raise invalid(
-                f"limit {name}={getattr(asked, name)} exceeds the gateway's {getattr(ceiling, name)}"
-            )
+            most = getattr(ceiling, name)
+            raise invalid(f"limit {name}={getattr(asked, name)} exceeds the gateway's {most}")
     return asked
 
 
@@ -113,8 +123,11 @@ class SessionRuntime:
         venvs: VenvManager,
         limits: Limits,
         env: dict[str, str] | None = None,
+        kernel_runtime: KernelRuntime | None = None,
     ) -> None:
         self.session_id = session_id
+        self.kernel_runtime = kernel_runtime
+        self._kernel: SessionKernel | None = None
         self.session_dir = session_dir
         self.workspace_dir = session_dir / "workspace"
         self.venv_dir = session_dir / "venv"
@@ -140,6 +153,9 @@ class SessionRuntime:
             "pkg.install": self._pkg_install,
             "pkg.list": self._pkg_list,
             "artifact.get": self._artifact_get,
+            "kernel.execute": self._kernel_execute,
+            "kernel.interrupt": self._kernel_interrupt,
+            "kernel.restart": self._kernel_restart,
         }
 
     async def start(self) -> None:
@@ -147,10 +163,16 @@ class SessionRuntime:
             path.mkdir(parents=True, exist_ok=True, mode=0o700)
         await self.venvs.create(self.venv_dir)
 
+    async def prepare_kernel(self) -> None:
+        """Install the node's shared kernel runtime ahead of the first kernel.execute."""
+        if self.kernel_runtime is not None:
+            await self.kernel_runtime.prepare(self.venv_dir)
+
     def configure(self, *, limits: Limits, env: dict[str, str]) -> None:
         """Apply a claimed warm session's spec."""
         self.limits = limits
         self.env = dict(env)
+        self._kernel = None  # a kernel starts on first use, with this env and these limits
         self.workspace = Workspace(
             self.workspace_dir,
             max_file_bytes=limits.max_file_bytes,
@@ -177,6 +199,51 @@ class SessionRuntime:
     def destroy(self) -> None:
         shutil.rmtree(self.session_dir, ignore_errors=True)
 
+    # --- the persistent kernel -------------------------------------------------------
+
+    def _session_kernel(self) -> SessionKernel:
+        if self.kernel_runtime is None:
+            raise CodegenError(ErrorCode.FAILED_PRECONDITION, "this node has no Python kernel")
+        if self._kernel is None:
+            self._kernel = SessionKernel(
+                self.venv_dir,
+                self.workspace_dir,
+                self.process_env(),
+                self.kernel_runtime,
+                self.runner.isolation,
+                self.limits,
+            )
+        return self._kernel
+
+    async def _kernel_execute(
+        self, args: KernelExecuteArgs, _: EventCallback | None
+    ) -> KernelExecuteResult:
+        return await kernel_execute(self._session_kernel(), args, self.limits)
+
+    async def _kernel_interrupt(
+        self, args: KernelInterruptArgs, _: EventCallback | None
+    ) -> KernelInterruptResult:
+        if self._kernel is None:
+            return KernelInterruptResult(interrupted=False, message="No code was running.")
+        return await kernel_interrupt(self._kernel)
+
+    async def _kernel_restart(
+        self, args: KernelRestartArgs, _: EventCallback | None
+    ) -> KernelRestartResult:
+        return await kernel_restart(self._session_kernel())
+
+    async def close_kernel(self) -> None:
+        if self._kernel is not None:
+            await self._kernel.shutdown()
+            self._kernel = None
+
+    async def on_restored(self) -> None:
+        """Kernel state is not checkpointed: say so on the next execute."""
+        await self._session_kernel().discard(
+            "the session was restored from a checkpoint; kernel variables are not saved, "
+            "so re-run the cells you need"
+        )
+
     def process_env(self, extra: dict[str, str] | None = None) -> dict[str, str]:
         venv_bin = self.venv_dir / "bin"
         env = {
@@ -199,7 +266,9 @@ class SessionRuntime:
         return EchoResult(message=args.message)
 
     async def _fs_read(self, args: FsReadArgs, _: EventCallback | None) -> FsReadResult:
-        data, size = await asyncio.to_thread(self.workspace.read, args.path, args.offset, args.length)
+        data, size = await asyncio.to_thread(
+            self.workspace.read, args.path, args.offset, args.length
+        )
         if args.encoding == "base64":
             return FsReadResult(
                 contents=base64.b64encode(data).decode(), size_bytes=size, encoding="base64"

@@ -13,6 +13,17 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from codegen_ray.config import Limits
 from codegen_ray.errors import CodegenError, ErrorCode, invalid
+from codegen_ray.kernel import KernelExecuteResult
+from codegen_ray.kernel_tools import (
+    EXECUTE_DESCRIPTION,
+    INTERRUPT_DESCRIPTION,
+    RESTART_DESCRIPTION,
+    KernelExecuteArgs,
+    KernelInterruptArgs,
+    KernelInterruptResult,
+    KernelRestartArgs,
+    KernelRestartResult,
+)
 from codegen_ray.process import RunResult
 from codegen_ray.venv import InstallResult, PackageInfo
 from codegen_ray.workspace import FileEntry
@@ -163,7 +174,7 @@ class TaskResult(BaseModel):
 class ToolSpec:
     name: str
     description: str
-    args: type[Args]
+    args: type[BaseModel]
     result: type[BaseModel]
     requires_session: bool = True
     mutating: bool = False
@@ -187,30 +198,76 @@ class ToolSpec:
 TOOLS: dict[str, ToolSpec] = {
     spec.name: spec
     for spec in (
-        ToolSpec("echo", "Return the message unchanged (connectivity check).", EchoArgs,
-                 EchoResult, requires_session=False),
-        ToolSpec("fs.read", "Read a workspace file as UTF-8 text or base64.", FsReadArgs,
-                 FsReadResult),
-        ToolSpec("fs.write", "Create or overwrite a workspace file (or append to it).",
-                 FsWriteArgs, FsWriteResult, mutating=True),
-        ToolSpec("fs.list", "List files and directories in the workspace.", FsListArgs,
-                 FsListResult),
-        ToolSpec("fs.delete", "Delete a workspace file or directory.", FsDeleteArgs,
-                 FsDeleteResult, mutating=True),
-        ToolSpec("run.python",
-                 "Run Python (code, a workspace file, or a module) in the session's venv; "
-                 "returns stdout, stderr and the exit code. The workspace is the cwd.",
-                 RunPythonArgs, RunResult, mutating=True),
-        ToolSpec("pkg.install", "Install packages from the package index into the session's venv.",
-                 PkgInstallArgs, InstallResult, mutating=True, fails_on_exit_code=True),
-        ToolSpec("pkg.list", "List the packages installed in the session's venv.", PkgListArgs,
-                 PkgListResult),
-        ToolSpec("task.get_status", "State of an asynchronous tool call.", TaskArgs, TaskStatus,
-                 requires_session=False),
-        ToolSpec("task.get_result", "Result of a finished asynchronous tool call.", TaskArgs,
-                 TaskResult, requires_session=False),
-        ToolSpec("task.cancel", "Cancel an asynchronous tool call; kills its process.", TaskArgs,
-                 TaskCancelResult, requires_session=False),
+        ToolSpec(
+            "echo",
+            "Return the message unchanged (connectivity check).",
+            EchoArgs,
+            EchoResult,
+            requires_session=False,
+        ),
+        ToolSpec(
+            "fs.read", "Read a workspace file as UTF-8 text or base64.", FsReadArgs, FsReadResult
+        ),
+        ToolSpec(
+            "fs.write",
+            "Create or overwrite a workspace file (or append to it).",
+            FsWriteArgs,
+            FsWriteResult,
+            mutating=True,
+        ),
+        ToolSpec(
+            "fs.list", "List files and directories in the workspace.", FsListArgs, FsListResult
+        ),
+        ToolSpec(
+            "fs.delete",
+            "Delete a workspace file or directory.",
+            FsDeleteArgs,
+            FsDeleteResult,
+            mutating=True,
+        ),
+        ToolSpec(
+            "run.python",
+            "Run Python (code, a workspace file, or a module) in the session's venv; "
+            "returns stdout, stderr and the exit code. The workspace is the cwd.",
+            RunPythonArgs,
+            RunResult,
+            mutating=True,
+        ),
+        ToolSpec(
+            "pkg.install",
+            "Install packages from the package index into the session's venv.",
+            PkgInstallArgs,
+            InstallResult,
+            mutating=True,
+            fails_on_exit_code=True,
+        ),
+        ToolSpec(
+            "pkg.list",
+            "List the packages installed in the session's venv.",
+            PkgListArgs,
+            PkgListResult,
+        ),
+        ToolSpec(
+            "task.get_status",
+            "State of an asynchronous tool call.",
+            TaskArgs,
+            TaskStatus,
+            requires_session=False,
+        ),
+        ToolSpec(
+            "task.get_result",
+            "Result of a finished asynchronous tool call.",
+            TaskArgs,
+            TaskResult,
+            requires_session=False,
+        ),
+        ToolSpec(
+            "task.cancel",
+            "Cancel an asynchronous tool call; kills its process.",
+            TaskArgs,
+            TaskCancelResult,
+            requires_session=False,
+        ),
     )
 }
 
@@ -264,13 +321,30 @@ class SessionInfoResult(BaseModel):
 TOOLS.update(
     (spec.name, spec)
     for spec in (
-        ToolSpec("artifact.get",
-                 "Fetch a workspace file by path or artifact id, binary-safe (base64); "
-                 "images also come back as image content.",
-                 ArtifactGetArgs, ArtifactGetResult),
-        ToolSpec("session.info",
-                 "State, node, limits and metadata of the session these tools run in.",
-                 SessionInfoArgs, SessionInfoResult),
+        ToolSpec(
+            "artifact.get",
+            "Fetch a workspace file by path or artifact id, binary-safe (base64); "
+            "images also come back as image content.",
+            ArtifactGetArgs,
+            ArtifactGetResult,
+        ),
+        ToolSpec(
+            "session.info",
+            "State, node, limits and metadata of the session these tools run in.",
+            SessionInfoArgs,
+            SessionInfoResult,
+        ),
+        ToolSpec(
+            "kernel.execute",
+            EXECUTE_DESCRIPTION,
+            KernelExecuteArgs,
+            KernelExecuteResult,
+            mutating=True,
+        ),
+        ToolSpec(
+            "kernel.interrupt", INTERRUPT_DESCRIPTION, KernelInterruptArgs, KernelInterruptResult
+        ),
+        ToolSpec("kernel.restart", RESTART_DESCRIPTION, KernelRestartArgs, KernelRestartResult),
     )
 )
 

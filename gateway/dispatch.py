@@ -15,6 +15,8 @@ from gateway.router import SessionRouter
 from gateway.tasks import TaskManager
 
 EventSink = Callable[[Event], Awaitable[None]]
+# Tools that name a session but are answered by the gateway, not inside the session.
+SESSION_GATEWAY_TOOLS = frozenset({"session.info"})
 
 
 @dataclass
@@ -42,7 +44,9 @@ class Dispatcher:
         args = parse_args(spec, arguments)
         if not spec.requires_session:
             return ToolOutcome(await self._gateway_tool(name, args))
-        self.router.entry(session_id)  # fail fast on a missing or unknown session
+        self.router.check(session_id)  # fail fast on a missing or unknown session
+        if name in SESSION_GATEWAY_TOOLS:
+            return ToolOutcome(await self._session_gateway_tool(name, session_id))
         raw = args.model_dump(exclude_unset=True)
         call_id = uuid.uuid4().hex
         if run_async:
@@ -84,3 +88,7 @@ class Dispatcher:
         return TaskCancelResult(
             task_id=record.task_id, cancelled=record.state == "cancelled", state=record.state
         ).model_dump(mode="json")
+
+    async def _session_gateway_tool(self, name: str, session_id: str) -> dict[str, Any]:
+        assert name == "session.info"
+        return await self.router.get(session_id)

@@ -1,0 +1,844 @@
+"""``codegen-ray bench``: latency and memory of a gateway, each beside a baseline from the same run.
+
+A benchmark is not a test: nothing here asserts a timing. Each entry of ``MEASUREMENTS``
+is an async function that takes a ``Bench`` and returns ``Measurement`` rows; add one
+there to measure something new. Percentiles are nearest-rank.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import math
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import click
+
+from codegen_ray.client import AsyncClient
+
+MiB = 1024 * 1024
+DEFAULT_ITERATIONS = 20
+QUICK_ITERATIONS = 5
+WARM_WAIT_SECONDS = 30.0
+GATEWAY_START_SECONDS = 240.0
+GATEWAY_STOP_SECONDS = 45.0
+ONE_MB_TEXT = ("0123456789abcdef" * 64 + "\n")[:1024] * 1024  # 1 MiB of ASCII
+
+
+# --- statistics and the report (pure) ------------------------------------------------
+
+
+def percentile(values: Sequence[float], pct: float) -> float:
+    """Nearest-rank percentile: the smallest sample with at least pct% of samples at or below it."""
+    if not values:
+        raise ValueError("no samples")
+    if not 0 < pct <= 100:
+        raise ValueError(f"percentile must be in (0, 100], got {pct}")
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(pct / 100 * len(ordered)) - 1)]
+
+
+@dataclass(frozen=True)
+class Stat:
+    samples: tuple[float, ...]
+
+    @classmethod
+    def of(cls, values: Iterable[float]) -> Stat:
+        samples = tuple(float(v) for v in values)
+        if not samples:
+            raise ValueError("a Stat needs at least one sample")
+        return cls(samples)
+
+    @property
+    def n(self) -> int:
+        return len(self.samples)
+
+    @property
+    def p50(self) -> float:
+        return percentile(self.samples, 50)
+
+    @property
+    def p99(self) -> float:
+        return percentile(self.samples, 99)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "n": self.n,
+            "p50": self.p50,
+            "p99": self.p99,
+            "min": min(self.samples),
+            "max": max(self.samples),
+            "samples": list(self.samples),
+        }
+
+
+@dataclass(frozen=True)
+class Target:
+    """p50 below ``limit``, in the row's unit or (``relative``) as a multiple of baseline p50."""
+
+    limit: float
+    relative: bool = False
+
+    def describe(self, unit: str) -> str:
+        return f"< {self.limit:g}x" if self.relative else f"< {self.limit:g} {unit}"
+
+
+@dataclass(frozen=True)
+class Measurement:
+    name: str
+    unit: str
+    stat: Stat | None
+    baseline: Stat | None = None
+    baseline_name: str = ""
+    target: Target | None = None
+    note: str = ""
+
+    @property
+    def ratio(self) -> float | None:
+        if self.stat is None or self.baseline is None or self.baseline.p50 <= 0:
+            return None
+        return self.stat.p50 / self.baseline.p50
+
+    @property
+    def passed(self) -> bool | None:
+        """None when there is no target or nothing to judge it by."""
+        if self.target is None or self.stat is None:
+            return None
+        if self.target.relative:
+            ratio = self.ratio
+            return None if ratio is None else ratio < self.target.limit
+        return self.stat.p50 < self.target.limit
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "unit": self.unit,
+            **(self.stat.to_dict() if self.stat else {"n": 0}),
+            "baseline": (
+                {"name": self.baseline_name, **self.baseline.to_dict()} if self.baseline else None
+            ),
+            "ratio": self.ratio,
+            "target": (
+                {"p50_below": self.target.limit, "relative_to_baseline": self.target.relative}
+                if self.target
+                else None
+            ),
+            "passed": self.passed,
+            "note": self.note,
+        }
+
+
+def _fmt(value: float | None, unit: str = "") -> str:
+    if value is None:
+        return "-"
+    if abs(value) >= 100:
+        text = f"{value:.0f}"
+    elif abs(value) >= 1:
+        text = f"{value:.1f}"
+    else:
+        text = f"{value:.2g}"  # two significant digits, so 0.0025 is not shown as 0.00
+    return f"{text} {unit}".rstrip()
+
+
+COLUMNS = ("name", "n", "p50", "p99", "baseline p50", "ratio", "target", "result", "baseline")
+
+
+def table_rows(measurements: Sequence[Measurement]) -> list[tuple[str, ...]]:
+    rows = []
+    for m in measurements:
+        passed = m.passed
+        rows.append(
+            (
+                m.name,
+                str(m.stat.n if m.stat else 0),
+                _fmt(m.stat.p50 if m.stat else None, m.unit),
+                _fmt(m.stat.p99 if m.stat else None, m.unit),
+                _fmt(m.baseline.p50 if m.baseline else None, m.unit),
+                "-" if m.ratio is None else f"{_fmt(m.ratio)}x",
+                m.target.describe(m.unit) if m.target else "-",
+                "skip"
+                if m.stat is None
+                else "-"
+                if passed is None
+                else "PASS"
+                if passed
+                else "FAIL",
+                m.baseline_name or "-",
+            )
+        )
+    return rows
+
+
+def render_table(measurements: Sequence[Measurement]) -> str:
+    rows = [COLUMNS, *table_rows(measurements)]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
+    numeric = {1, 2, 3, 4, 5}
+
+    def line(row: Sequence[str]) -> str:
+        cells = [
+            c.rjust(w) if i in numeric else c.ljust(w)
+            for i, (c, w) in enumerate(zip(row, widths, strict=True))
+        ]
+        return "  ".join(cells).rstrip()
+
+    out = [line(rows[0]), "  ".join("-" * w for w in widths), *(line(r) for r in rows[1:])]
+    notes = [f"  {m.name.strip()}: {m.note}" for m in measurements if m.note]
+    if notes:
+        out += ["", "notes:", *notes]
+    return "\n".join(out)
+
+
+def report(measurements: Sequence[Measurement], meta: dict[str, Any]) -> dict[str, Any]:
+    """The one JSON document ``--json`` prints."""
+    return {**meta, "measurements": [m.to_dict() for m in measurements]}
+
+
+# --- running ----------------------------------------------------------------------------
+
+
+@dataclass
+class Bench:
+    client: AsyncClient
+    iterations: int
+    workdir: Path
+    gateway: EmbeddedGateway | None = None
+    progress: Callable[[str], None] = lambda message: None
+    sessions: list[str] = field(default_factory=list)
+
+    @property
+    def slow_iterations(self) -> int:
+        """For baselines that take seconds each (pip, venv with pip)."""
+        return max(3, self.iterations // 4)
+
+    async def create(self) -> str:
+        session_id = str((await self.client.create_session(metadata={"bench": "1"}))["session_id"])
+        self.sessions.append(session_id)
+        return session_id
+
+    async def destroy(self, session_id: str) -> None:
+        await self.client.destroy_session(session_id)
+        self.sessions.remove(session_id)
+
+    async def call(self, tool: str, args: dict[str, Any], session_id: str) -> dict[str, Any]:
+        response = await self.client.call(tool, args, session_id=session_id)
+        if response.is_error:
+            raise RuntimeError(f"{tool} failed: {response.text[:500]}")
+        return response.structured
+
+
+MeasureFn = Callable[[Bench], Awaitable[list[Measurement]]]
+
+
+def _ms_since(start: float) -> float:
+    return (time.perf_counter() - start) * 1000
+
+
+def sample_sync(
+    fn: Callable[[], object], n: int, setup: Callable[[], object] | None = None
+) -> Stat:
+    """Time ``fn`` n times (ms); ``setup`` runs untimed before each."""
+    samples = []
+    for _ in range(n):
+        if setup is not None:
+            setup()
+        start = time.perf_counter()
+        fn()
+        samples.append(_ms_since(start))
+    return Stat.of(samples)
+
+
+def run_checked(argv: Sequence[str], **kwargs: Any) -> None:
+    subprocess.run(argv, check=True, capture_output=True, **kwargs)
+
+
+def uv_bin() -> str:
+    from uv import find_uv_bin
+
+    return str(find_uv_bin())
+
+
+class Scratch:
+    """Fresh directories under the bench's workdir."""
+
+    def __init__(self, root: Path, prefix: str) -> None:
+        self.root, self.prefix, self.count = root, prefix, 0
+
+    def __call__(self) -> Path:
+        self.count += 1
+        path = self.root / f"{self.prefix}{self.count}"
+        shutil.rmtree(path, ignore_errors=True)
+        return path
+
+
+def venv_python(venv: Path) -> str:
+    return str(venv / "bin" / "python")
+
+
+def plain_venv(workdir: Path) -> Path:
+    """One pip-less venv of this interpreter, made once per run (the run.python baseline)."""
+    venv = workdir / "plain-venv"
+    if not venv.exists():
+        run_checked([sys.executable, "-m", "venv", "--without-pip", str(venv)])
+    return venv
+
+
+async def wait_for_warm(client: AsyncClient, deadline_seconds: float) -> bool:
+    deadline = time.monotonic() + deadline_seconds
+    while time.monotonic() < deadline:
+        status = await client.status()
+        if any(int(node.get("warm_sessions", 0)) >= 1 for node in status.get("nodes", [])):
+            return True
+        await asyncio.sleep(0.05)
+    return False
+
+
+async def measure_echo(b: Bench) -> list[Measurement]:
+    samples = []
+    for _ in range(b.iterations + 1):
+        start = time.perf_counter()
+        await b.client.call("echo", {"message": "ping"})
+        samples.append(_ms_since(start))
+    return [
+        Measurement(
+            "echo (gRPC round trip)", "ms", Stat.of(samples[1:]), note="no session; gateway only"
+        )
+    ]
+
+
+async def measure_create(b: Bench) -> list[Measurement]:
+    warm, back_to_back, destroy = [], [], []
+    note = ""
+    waiting = True
+    for i in range(b.iterations):
+        if waiting and not await wait_for_warm(b.client, WARM_WAIT_SECONDS):
+            waiting = False
+            note = (
+                f"warm pool not refilled within {WARM_WAIT_SECONDS:g} s; later creates may be cold"
+            )
+        b.progress(f"create (warm pool) {i + 1}/{b.iterations}")
+        start = time.perf_counter()
+        session_id = await b.create()
+        warm.append(_ms_since(start))
+        start = time.perf_counter()
+        await b.destroy(session_id)
+        destroy.append(_ms_since(start))
+    for i in range(b.iterations):
+        b.progress(f"create (back-to-back) {i + 1}/{b.iterations}")
+        start = time.perf_counter()
+        session_id = await b.create()
+        back_to_back.append(_ms_since(start))
+        start = time.perf_counter()
+        await b.destroy(session_id)
+        destroy.append(_ms_since(start))
+
+    b.progress("baseline: python -m venv, uv venv")
+    fresh = Scratch(b.workdir, "venv-")
+    uv = uv_bin()
+    venv = await asyncio.to_thread(
+        sample_sync,
+        lambda: run_checked([sys.executable, "-m", "venv", str(fresh())]),
+        b.slow_iterations,
+    )
+    bare = await asyncio.to_thread(
+        sample_sync,
+        lambda: run_checked([sys.executable, "-m", "venv", "--without-pip", str(fresh())]),
+        b.iterations,
+    )
+    uv_venv = await asyncio.to_thread(
+        sample_sync,
+        lambda: run_checked([uv, "venv", "-q", "--python", sys.executable, str(fresh())]),
+        b.iterations,
+    )
+    target = Target(500.0)
+    base = "python -m venv"
+    return [
+        Measurement("create (warm pool)", "ms", Stat.of(warm), venv, base, target, note),
+        Measurement(
+            "create (back-to-back)",
+            "ms",
+            Stat.of(back_to_back),
+            venv,
+            base,
+            target,
+            "create right after the previous destroy; the pool refills meanwhile",
+        ),
+        Measurement("destroy", "ms", Stat.of(destroy)),
+        Measurement(
+            "  python -m venv --without-pip", "ms", bare, note="reference: a pip-less venv"
+        ),
+        Measurement("  uv venv", "ms", uv_venv, note="reference: what a session uses"),
+    ]
+
+
+def _process_table() -> dict[int, tuple[int, str]]:
+    """pid -> (ppid, cmdline) of every process visible in /proc."""
+    table = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        ppid = int(stat.rpartition(")")[2].split()[1])
+        table[int(entry.name)] = (ppid, cmdline.strip())
+    return table
+
+
+def descendants(root: int, table: dict[int, tuple[int, str]]) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _) in table.items():
+        children.setdefault(ppid, []).append(pid)
+    out, stack = [], [root]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            out.append(child)
+            stack.append(child)
+    return out
+
+
+def pss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith("Pss:"):
+            return int(line.split()[1]) * 1024
+    raise OSError(f"no Pss in /proc/{pid}/smaps_rollup")
+
+
+def session_actor_pss(gateway_pid: int) -> list[float]:
+    """PSS (MiB) per SessionActor process under the gateway, each with its own children."""
+    table = _process_table()
+    out = []
+    for pid in descendants(gateway_pid, table):
+        if table[pid][1].startswith("ray::SessionActor"):
+            with contextlib.suppress(OSError):
+                pids = [pid, *descendants(pid, table)]
+                out.append(sum(pss_bytes(p) for p in pids) / MiB)
+    return out
+
+
+def idle_python_pss(count: int) -> list[float]:
+    """PSS of ``count`` idle interpreters alive together (shared pages split as among sessions)."""
+    procs = [
+        subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+        for _ in range(count)
+    ]
+    try:
+        time.sleep(1.0)
+        return [pss_bytes(p.pid) / MiB for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+
+
+async def measure_memory(b: Bench) -> list[Measurement]:
+    name = "memory per idle session (PSS)"
+    if b.gateway is None:
+        return [
+            Measurement(
+                name,
+                "MiB",
+                None,
+                note="skipped: a remote --target's processes are not visible here",
+            )
+        ]
+    count = min(3, b.iterations)
+    ids = [await b.create() for _ in range(count)]
+    try:
+        for session_id in ids:
+            await b.call("run.python", {"code": "print(1)"}, session_id)
+        await wait_for_warm(b.client, WARM_WAIT_SECONDS)
+        await asyncio.sleep(1.0)
+        sizes = await asyncio.to_thread(session_actor_pss, b.gateway.pid)
+    finally:
+        for session_id in ids:
+            await b.destroy(session_id)
+    if not sizes:
+        return [
+            Measurement(
+                name, "MiB", None, note="no ray::SessionActor process found under the gateway"
+            )
+        ]
+    baseline = await asyncio.to_thread(idle_python_pss, len(sizes))
+    return [
+        Measurement(
+            name,
+            "MiB",
+            Stat.of(sizes),
+            Stat.of(baseline),
+            "idle python (sleep)",
+            note=f"{len(sizes)} SessionActor processes ({count} used by one run.python each, the "
+            "rest the warm pool); PSS of each actor process and its children",
+        )
+    ]
+
+
+async def measure_run_python(b: Bench) -> list[Measurement]:
+    session_id = await b.create()
+    nice = await asyncio.to_thread(session_actor_nice, b.gateway.pid) if b.gateway else ""
+    try:
+        samples = []
+        for i in range(b.iterations + 1):  # the first call is a warm-up
+            b.progress(f"run.python {i}/{b.iterations}")
+            start = time.perf_counter()
+            result = await b.call("run.python", {"code": "print(1)"}, session_id)
+            samples.append(_ms_since(start))
+            if result.get("stdout") != "1\n" or result.get("exit_code") != 0:
+                raise RuntimeError(f"run.python print(1) gave {result}")
+        durations = [float(result["duration_ms"])] if "duration_ms" in result else []
+    finally:
+        await b.destroy(session_id)
+    python = venv_python(await asyncio.to_thread(plain_venv, b.workdir))
+    argv = [python, "-c", "print(1)"]
+    await asyncio.to_thread(run_checked, argv)
+    baseline = await asyncio.to_thread(sample_sync, lambda: run_checked(argv), b.iterations)
+    notes = [f"duration_ms inside the session (last call): {durations[0]:.0f}"] if durations else []
+    if nice:
+        notes.append(f"the SessionActor (and so the program) runs at nice {nice}")
+    note = "; ".join(notes)
+    return [
+        Measurement(
+            "run.python print(1)",
+            "ms",
+            Stat.of(samples[1:]),
+            baseline,
+            "venv python -c (subprocess)",
+            Target(2.0, relative=True),
+            note,
+        )
+    ]
+
+
+async def measure_fs(b: Bench) -> list[Measurement]:
+    session_id = await b.create()
+    try:
+        samples = []
+        for i in range(b.iterations + 1):
+            b.progress(f"fs.write+fs.read 1 MiB {i}/{b.iterations}")
+            start = time.perf_counter()
+            await b.call("fs.write", {"path": "bench.txt", "contents": ONE_MB_TEXT}, session_id)
+            result = await b.call("fs.read", {"path": "bench.txt"}, session_id)
+            samples.append(_ms_since(start))
+            if result.get("contents") != ONE_MB_TEXT:
+                raise RuntimeError("fs.read returned other contents than fs.write wrote")
+    finally:
+        await b.destroy(session_id)
+    path = b.workdir / "bench.txt"
+
+    def local_round_trip() -> None:
+        path.write_text(ONE_MB_TEXT)
+        if path.read_text() != ONE_MB_TEXT:
+            raise RuntimeError("local round trip mismatch")
+
+    baseline = await asyncio.to_thread(sample_sync, local_round_trip, b.iterations)
+    return [
+        Measurement(
+            "fs.write+fs.read 1 MiB",
+            "ms",
+            Stat.of(samples[1:]),
+            baseline,
+            "local write+read (Python)",
+        )
+    ]
+
+
+async def measure_pkg_install(b: Bench) -> list[Measurement]:
+    async def install_in_fresh_session() -> float:
+        session_id = await b.create()
+        try:
+            start = time.perf_counter()
+            result = await b.call("pkg.install", {"packages": "six"}, session_id)
+            elapsed = _ms_since(start)
+        finally:
+            await b.destroy(session_id)
+        if result.get("exit_code") not in (0, None) or result.get("failed"):
+            raise RuntimeError(f"pkg.install six failed: {result.get('output', '')[:300]}")
+        return elapsed
+
+    b.progress("pkg.install six: warming the cache")
+    await install_in_fresh_session()
+    samples = []
+    for i in range(b.iterations):
+        b.progress(f"pkg.install six {i + 1}/{b.iterations}")
+        samples.append(await install_in_fresh_session())
+
+    b.progress("baseline: pip install six, uv pip install six")
+    fresh = Scratch(b.workdir, "pip-")
+    pip_venv: list[Path] = []
+
+    def new_pip_venv() -> None:
+        pip_venv[:] = [fresh()]
+        run_checked([sys.executable, "-m", "venv", str(pip_venv[0])])
+
+    def pip_install() -> None:
+        run_checked([venv_python(pip_venv[0]), "-m", "pip", "install", "-q", "six"])
+
+    uv = uv_bin()
+    uv_env = {**os.environ, "UV_CACHE_DIR": str(b.workdir / "uv-cache"), "UV_NO_CONFIG": "1"}
+    uv_venv: list[Path] = []
+
+    def new_uv_venv() -> None:
+        uv_venv[:] = [fresh()]
+        run_checked([uv, "venv", "-q", "--python", sys.executable, str(uv_venv[0])])
+
+    def uv_install() -> None:
+        run_checked(
+            [uv, "pip", "install", "-q", "--python", venv_python(uv_venv[0]), "six"], env=uv_env
+        )
+
+    await asyncio.to_thread(sample_sync, pip_install, 1, new_pip_venv)  # warm pip's cache
+    pip = await asyncio.to_thread(sample_sync, pip_install, b.slow_iterations, new_pip_venv)
+    await asyncio.to_thread(sample_sync, uv_install, 1, new_uv_venv)  # warm uv's cache
+    uv_stat = await asyncio.to_thread(sample_sync, uv_install, b.iterations, new_uv_venv)
+    return [
+        Measurement(
+            "pkg.install six (cached)",
+            "ms",
+            Stat.of(samples),
+            pip,
+            "pip install six (cache warm)",
+            note="a fresh session each time; the uv cache warmed by one install first",
+        ),
+        Measurement("  uv pip install six", "ms", uv_stat, note="reference: uv alone, cache warm"),
+    ]
+
+
+MEASUREMENTS: list[tuple[str, MeasureFn]] = [
+    ("echo", measure_echo),
+    ("create", measure_create),
+    ("memory", measure_memory),
+    ("run.python", measure_run_python),
+    ("fs", measure_fs),
+    ("pkg.install", measure_pkg_install),
+]
+
+
+async def run_measurements(
+    b: Bench, selected: Sequence[tuple[str, MeasureFn]]
+) -> list[Measurement]:
+    """Run each measurement; one that fails becomes a skipped row, the rest still run."""
+    out: list[Measurement] = []
+    for name, fn in selected:
+        b.progress(f"measuring {name}")
+        try:
+            out.extend(await fn(b))
+        except Exception as exc:  # noqa: BLE001 - report it in the table, go on with the rest
+            out.append(
+                Measurement(name, "ms", None, note=f"failed: {type(exc).__name__}: {exc}"[:300])
+            )
+        for session_id in list(b.sessions):  # left behind by a failure
+            with contextlib.suppress(Exception):
+                await b.destroy(session_id)
+    return out
+
+
+# --- the gateway the bench starts itself ---------------------------------------------------
+
+
+class EmbeddedGateway:
+    """``codegen-ray serve`` on port 0 as a subprocess, with its own state and workspaces."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.process: subprocess.Popen[bytes] | None = None
+        self.start_seconds = 0.0
+        self.stop_seconds = 0.0
+        self.stop_path = ""
+        self.orphans: list[str] = []
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def start(self, timeout: float = GATEWAY_START_SECONDS) -> str:
+        port_file = self.workdir / "grpc-port"
+        env = {k: v for k, v in os.environ.items() if k not in ("COORDINATOR_ADDR", "RAY_ADDRESS")}
+        env.update(
+            RAY_AUTH_MODE="disabled",
+            CODEGEN_RAY__INCLUDE_DASHBOARD="false",
+            CODEGEN_STATE_DIR=str(self.workdir / "state"),
+            BASE_WORKSPACE=str(self.workdir / "workspaces"),
+            CODEGEN_HTTP_PORT="0",
+        )
+        argv = [
+            sys.executable,
+            "-m",
+            "codegen_ray.cli",
+            "serve",
+            "--grpc-port",
+            "0",
+            "--port-file",
+            str(port_file),
+        ]
+        began = time.monotonic()
+        with (self.workdir / "gateway.log").open("wb") as log:
+            self.process = subprocess.Popen(
+                argv, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        while time.monotonic() - began < timeout:
+            if port_file.exists() and port_file.read_text().strip():
+                self.start_seconds = time.monotonic() - began
+                return f"127.0.0.1:{port_file.read_text().strip()}"
+            if self.process.poll() is not None:
+                break
+            time.sleep(0.1)
+        self.stop()
+        raise click.ClickException(f"the gateway did not start; its log:\n{self.log_tail()}")
+
+    def log_tail(self, lines: int = 30) -> str:
+        path = self.workdir / "gateway.log"
+        return (
+            "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+            if path.exists()
+            else ""
+        )
+
+    def stop(self, timeout: float = GATEWAY_STOP_SECONDS) -> None:
+        """SIGINT (a clean stop), then SIGKILL the group and any Ray process it left behind."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        began = time.monotonic()
+        # Ray workers run in process groups of their own: remember them to reap orphans.
+        table = _process_table()
+        tree = {pid: _start_time(pid) for pid in descendants(self.pid, table)}
+        self.process.send_signal(signal.SIGINT)
+        try:
+            self.process.wait(timeout)
+            self.stop_path = "sigint"
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.pid, signal.SIGKILL)
+            self.process.wait()
+            self.stop_path = "killpg"
+        time.sleep(0.5)
+        leftovers = [
+            pid for pid, started in tree.items() if started and _start_time(pid) == started
+        ]
+        self.orphans = sorted({table[pid][1].split(" ")[0] for pid in leftovers})
+        for pid in leftovers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        if leftovers:
+            self.stop_path += f"+killed {len(leftovers)} orphans"
+        self.stop_seconds = time.monotonic() - began
+
+
+def _stat_field(pid: int, number: int) -> str:
+    """Field ``number`` (1-based, as in proc(5)) of /proc/<pid>/stat; '' if it is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[number - 3]
+    except (OSError, IndexError):
+        return ""
+
+
+def _start_time(pid: int) -> str:
+    """Process start time, so a recycled pid is never mistaken for ours."""
+    return _stat_field(pid, 22)
+
+
+def session_actor_nice(gateway_pid: int) -> str:
+    """The nice value of the SessionActor processes (Ray renices its workers)."""
+    table = _process_table()
+    for pid in descendants(gateway_pid, table):
+        if table[pid][1].startswith("ray::SessionActor"):
+            return _stat_field(pid, 19)
+    return ""
+
+
+# --- the command ---------------------------------------------------------------------------
+
+
+def host_info() -> dict[str, Any]:
+    return {
+        "cpus": os.cpu_count(),
+        "loadavg_before": list(os.getloadavg()),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+
+
+async def _bench(
+    target: str, gateway: EmbeddedGateway | None, iterations: int, workdir: Path
+) -> list[Measurement]:
+    async with AsyncClient(target, timeout=600) as client:
+        b = Bench(
+            client, iterations, workdir, gateway, lambda m: click.echo(f"bench: {m}", err=True)
+        )
+        return await run_measurements(b, MEASUREMENTS)
+
+
+@click.command()
+@click.option(
+    "--target", default=None, help="A running gateway host:port; default: start one here."
+)
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print one JSON document instead of the table."
+)
+@click.option(
+    "--iterations",
+    type=click.IntRange(min=1),
+    help=f"Samples per figure (default {DEFAULT_ITERATIONS}).",
+)
+@click.option("--quick", is_flag=True, help=f"{QUICK_ITERATIONS} samples per figure.")
+def bench(target: str | None, as_json: bool, iterations: int | None, quick: bool) -> None:
+    """Measure session create, memory, run.python, fs and pkg.install beside plain baselines."""
+    n = iterations or (QUICK_ITERATIONS if quick else DEFAULT_ITERATIONS)
+    meta: dict[str, Any] = {"iterations": n, "host": host_info()}
+    with tempfile.TemporaryDirectory(prefix="codegen-bench-") as tmp:
+        workdir = Path(tmp)
+        gateway = None
+        if target is None:
+            click.echo("bench: starting an embedded gateway", err=True)
+            gateway = EmbeddedGateway(workdir)
+            target = gateway.start()
+            click.echo(f"bench: gateway up at {target} in {gateway.start_seconds:.1f} s", err=True)
+        started = time.monotonic()
+        try:
+            measurements = asyncio.run(_bench(target, gateway, n, workdir))
+        finally:
+            if gateway is not None:
+                click.echo("bench: stopping the gateway", err=True)
+                gateway.stop()
+        meta.update(
+            target=target,
+            embedded=gateway is not None,
+            seconds=round(time.monotonic() - started, 1),
+        )
+        meta["host"]["loadavg_after"] = list(os.getloadavg())
+        if gateway is not None:
+            meta["gateway"] = {
+                "start_seconds": round(gateway.start_seconds, 2),
+                "stop_seconds": round(gateway.stop_seconds, 2),
+                "stop_path": gateway.stop_path,
+                "orphans_killed": gateway.orphans,
+            }
+    if as_json:
+        click.echo(json.dumps(report(measurements, meta), indent=2))
+        return
+    click.echo(render_table(measurements))
+    click.echo(
+        f"\n{n} iterations; load average {meta['host']['loadavg_before'][0]:.1f} before, "
+        f"{meta['host']['loadavg_after'][0]:.1f} after, on {meta['host']['cpus']} CPUs"
+        + (
+            f"; gateway start {meta['gateway']['start_seconds']:.1f} s, stop "
+            f"{meta['gateway']['stop_seconds']:.1f} s ({meta['gateway']['stop_path']}"
+            + (f": {', '.join(gateway.orphans)}" if gateway.orphans else "")
+            + ")"
+            if gateway is not None
+            else ""
+        )
+    )
