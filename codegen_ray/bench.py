@@ -123,7 +123,7 @@ class Measurement:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "name": self.name,
+            "name": self.name.strip(),  # the table indents reference rows
             "unit": self.unit,
             **(self.stat.to_dict() if self.stat else {"n": 0}),
             "baseline": (
