@@ -32,6 +32,7 @@ class WorkerNodeActor:
         self.warm: list[tuple[str, ActorHandle]] = []
         self.warming = 0
         self._background: set[asyncio.Task[None]] = set()
+        self.closing = False
 
     def info(self) -> dict[str, Any]:
         return {
@@ -60,8 +61,9 @@ class WorkerNodeActor:
                 f"{self.settings.max_sessions}; destroy a session or add a worker node"
             )
         fixed_id = bool(session_id)
-        if not self.warm and self.warming and self._full_with_warming():
-            # The last free slots are held by sessions warming up: wait for one.
+        if not self.warm and self.warming:
+            # A session already warming up is ready sooner than a cold start, and two
+            # starts at once only compete for the node's cores.
             await self._wait_for_warm()
         if fixed_id and self.warm and self._full_with_warming():
             # A fixed id cannot take a warm actor (names are fixed): free its slot.
@@ -97,6 +99,9 @@ class WorkerNodeActor:
         self._refill()
 
     async def shutdown_pool(self) -> None:
+        """Destroy the warm sessions, those still starting too; refill no more."""
+        self.closing = True
+        await asyncio.gather(*list(self._background), return_exceptions=True)
         for _, handle in self.warm:
             try:
                 await handle.destroy.remote()
@@ -141,6 +146,8 @@ class WorkerNodeActor:
         return session_id, handle
 
     def _refill(self) -> None:
+        if self.closing:
+            return
         room = self.settings.max_sessions - len(self.live) - len(self.warm) - self.warming
         wanted = self.settings.session.warm_pool_size - len(self.warm) - self.warming
         for _ in range(max(0, min(room, wanted))):

@@ -53,7 +53,7 @@ class SessionSettings(BaseModel):
     hibernate_after_seconds: float = Field(600.0, gt=0, description="Idle sessions sleep.")
     reap_interval_seconds: float = Field(15.0, gt=0)
     create_timeout_seconds: float = Field(60.0, gt=0)
-    warm_pool_size: int = Field(1, ge=0, description="Started sessions kept ready per node.")
+    warm_pool_size: int = Field(2, ge=0, description="Started sessions kept ready per node.")
 
 
 class CheckpointSettings(BaseModel):

@@ -21,11 +21,13 @@ class RayConnection:
     embedded: bool
 
 
-def health_check_config(settings: Settings) -> dict[str, int]:
-    """Notice a dead node in seconds, not Ray's default ~20 s."""
+def system_config(settings: Settings) -> dict[str, int]:
+    """Ray settings of a cluster we start: see a dead node in seconds, not Ray's ~20 s,
+    and run sessions' code at normal priority (Ray starts its workers at nice 15)."""
     return {
         "health_check_period_ms": settings.ray.health_check_period_ms,
         "health_check_failure_threshold": settings.ray.health_check_failure_threshold,
+        "worker_niceness": 0,
     }
 
 
@@ -50,7 +52,7 @@ def connect(settings: Settings, address: str | None) -> RayConnection:
             log_to_driver=False,
             # Ray binds its ports to the node IP: keep an embedded Ray on loopback.
             _node_ip_address="127.0.0.1",
-            _system_config=health_check_config(settings),
+            _system_config=system_config(settings),
         )
         embedded = True
     dashboard = context.dashboard_url or ""
