@@ -616,6 +616,193 @@ async def measure_pkg_install(b: Bench) -> list[Measurement]:
     ]
 
 
+# --- checkpoints, restore, hibernation (issue 3) ------------------------------------------
+
+WORKSPACE_FILES = 5000
+WRITE_5000_FILES = (
+    "import os\n"
+    "for i in range(5000):\n"
+    "    d = f'tree/{i // 100:02d}'\n"
+    "    os.makedirs(d, exist_ok=True)\n"
+    "    open(f'{d}/f{i:04d}.txt', 'w').write(f'file {i}\\n' * 8)\n"
+)
+# Settings of the second gateway: no auto-checkpoint (the baseline) and a short
+# hibernate_after, so hibernation and wake can be timed from outside.
+QUIET_HIBERNATE_SECONDS = 3.0
+QUIET_GATEWAY_ENV = {
+    "CODEGEN_CHECKPOINT__POLICY": "never",
+    "CODEGEN_SESSION__HIBERNATE_AFTER_SECONDS": str(QUIET_HIBERNATE_SECONDS),
+    "CODEGEN_SESSION__REAP_INTERVAL_SECONDS": "0.5",
+}
+# A file is trusted by (size, mtime) only once it is older than its parent checkpoint
+# by checkpoint.RACY_WINDOW_NS; waits below let a fresh tree become trusted.
+RACY_WAIT_SECONDS = 1.2
+SMALL_WRITE = {"path": "changed.txt", "contents": "x" * 1024}
+
+
+async def _write_tree(client: AsyncClient, session_id: str) -> None:
+    response = await client.call("run.python", {"code": WRITE_5000_FILES}, session_id=session_id)
+    if response.is_error or response.structured.get("exit_code") != 0:
+        raise RuntimeError(f"writing {WORKSPACE_FILES} files failed: {response.text[:300]}")
+
+
+async def _timed(coro: Awaitable[Any]) -> float:
+    start = time.perf_counter()
+    await coro
+    return _ms_since(start)
+
+
+async def measure_restore(b: Bench) -> list[Measurement]:
+    """Restore as a new session (the embedded gateway has one node): files and the venv."""
+    session_id = await b.create()
+    try:
+        await b.call("fs.write", {"path": "main.py", "contents": "print('hi')\n"}, session_id)
+        await b.call("pkg.install", {"packages": "six"}, session_id)  # warms the uv cache
+        checkpoint = (await b.client.checkpoint(session_id, "bench"))["checkpoint_id"]
+        samples = []
+        for i in range(b.slow_iterations + 1):
+            b.progress(f"restore as a new session {i}/{b.slow_iterations}")
+            start = time.perf_counter()
+            info = await b.client.restore(checkpoint, new_session=True)
+            samples.append(_ms_since(start))
+            b.sessions.append(info["session_id"])
+            await b.destroy(info["session_id"])
+    finally:
+        await b.destroy(session_id)
+    return [
+        Measurement(
+            "restore: new session, venv (six) from cached wheels",
+            "ms",
+            Stat.of(samples[1:]),
+            target=Target(1500),
+            note="one node here: a new session on the same node; e2e restores across nodes",
+        )
+    ]
+
+
+async def measure_auto_checkpoint(b: Bench) -> list[Measurement]:
+    """fs.write under the default policy (checkpoint before the ack) in a 5,000-file workspace."""
+    session_id = await b.create()
+    try:
+        await _write_tree(b.client, session_id)
+        await asyncio.sleep(RACY_WAIT_SECONDS * 2)
+        await b.call("fs.write", SMALL_WRITE, session_id)  # a parent the tree is trusted by
+        samples = []
+        for i in range(b.iterations):
+            b.progress(f"fs.write 1 KiB, auto-checkpoint, 5,000 files {i + 1}/{b.iterations}")
+            samples.append(await _timed(b.call("fs.write", SMALL_WRITE, session_id)))
+    finally:
+        await b.destroy(session_id)
+    return [
+        Measurement(
+            "fs.write 1 KiB, policy=mutation, 5,000 files",
+            "ms",
+            Stat.of(samples),
+            note="each write checkpointed before its ack (1 changed file)",
+        )
+    ]
+
+
+async def measure_quiet_gateway(b: Bench) -> list[Measurement]:
+    """On a second gateway (policy=never, short hibernate_after): the policy's baseline,
+    Sessions.Checkpoint with 1 changed file of 5,000, and hibernate and wake times."""
+    if b.gateway is None:
+        return [Measurement("checkpoint/hibernate", "ms", None, note="needs the bench's gateway")]
+    b.progress("starting a second gateway (policy=never, hibernate_after=3s)")
+    quiet = EmbeddedGateway(b.workdir / "quiet", env=QUIET_GATEWAY_ENV)
+    quiet.workdir.mkdir()
+    target = await asyncio.to_thread(quiet.start)
+    try:
+        async with AsyncClient(target, timeout=600) as client:
+            return await _measure_quiet(b, client)
+    finally:
+        await asyncio.to_thread(quiet.stop)
+
+
+async def _measure_quiet(b: Bench, client: AsyncClient) -> list[Measurement]:
+    async def call(session_id: str, tool: str, args: dict[str, Any]) -> None:
+        response = await client.call(tool, args, session_id=session_id)
+        if response.is_error:
+            raise RuntimeError(f"{tool} failed: {response.text[:300]}")
+
+    session_id = str((await client.create_session())["session_id"])
+    try:
+        write = []
+        for i in range(b.iterations + 1):
+            b.progress(f"fs.write 1 KiB, policy=never {i}/{b.iterations}")
+            write.append(await _timed(call(session_id, "fs.write", SMALL_WRITE)))
+        await _write_tree(client, session_id)
+        await client.checkpoint(session_id)  # the full one
+        for _ in range(2):  # stay below hibernate_after while the tree ages
+            await asyncio.sleep(RACY_WAIT_SECONDS)
+            await call(session_id, "fs.write", SMALL_WRITE)
+        await client.checkpoint(session_id)  # a parent that trusts the tree
+        incremental = []
+        for i in range(b.iterations):
+            b.progress(f"Checkpoint, 1 changed file of 5,000 {i + 1}/{b.iterations}")
+            await call(session_id, "fs.write", {**SMALL_WRITE, "contents": f"change {i}"})
+            incremental.append(await _timed(client.checkpoint(session_id)))
+    finally:
+        with contextlib.suppress(Exception):
+            await client.destroy_session(session_id)
+    # A small session (a few files, six installed) for hibernate and wake.
+    session_id = str((await client.create_session())["session_id"])
+    try:
+        await call(session_id, "pkg.install", {"packages": "six"})
+        await call(session_id, "fs.write", SMALL_WRITE)
+        await client.checkpoint(session_id)
+        asleep, wake = [], []
+        for i in range(min(3, b.iterations)):
+            b.progress(f"hibernate and wake {i + 1}/3 (idle {QUIET_HIBERNATE_SECONDS:g}s each)")
+            await call(session_id, "fs.write", SMALL_WRITE)
+            idle_from = time.perf_counter()
+            while (await client.get_session(session_id))["state"] != "hibernated":  # noqa: ASYNC110 - polled over gRPC
+                await asyncio.sleep(0.02)
+            asleep.append(_ms_since(idle_from) - QUIET_HIBERNATE_SECONDS * 1000)
+            wake.append(await _timed(call(session_id, "fs.read", {"path": "changed.txt"})))
+    finally:
+        with contextlib.suppress(Exception):
+            await client.destroy_session(session_id)
+    never = Stat.of(write[1:])
+    session_id = await b.create()
+    try:
+        default = []
+        for i in range(b.iterations + 1):
+            b.progress(f"fs.write 1 KiB, policy=mutation {i}/{b.iterations}")
+            default.append(await _timed(b.call("fs.write", SMALL_WRITE, session_id)))
+    finally:
+        await b.destroy(session_id)
+    return [
+        Measurement(
+            "fs.write 1 KiB, policy=mutation (default)",
+            "ms",
+            Stat.of(default[1:]),
+            never,
+            "fs.write, policy=never",
+            note="the auto-checkpoint's cost per mutating call, small workspace",
+        ),
+        Measurement(
+            "Checkpoint, 1 changed file of 5,000",
+            "ms",
+            Stat.of(incremental),
+            target=Target(50),
+            note="Sessions.Checkpoint over gRPC: scan, hash 1, upload 1, manifest",
+        ),
+        Measurement(
+            "hibernate (idle limit -> asleep)",
+            "ms",
+            Stat.of(asleep),
+            note="includes up to one reap interval (0.5 s) of waiting",
+        ),
+        Measurement(
+            "wake (first call after hibernation)",
+            "ms",
+            Stat.of(wake),
+            note="restore of 1 file and a venv with six, then fs.read",
+        ),
+    ]
+
+
 MEASUREMENTS: list[tuple[str, MeasureFn]] = [
     ("echo", measure_echo),
     ("create", measure_create),
@@ -623,6 +810,9 @@ MEASUREMENTS: list[tuple[str, MeasureFn]] = [
     ("run.python", measure_run_python),
     ("fs", measure_fs),
     ("pkg.install", measure_pkg_install),
+    ("restore", measure_restore),
+    ("auto-checkpoint", measure_auto_checkpoint),
+    ("checkpoint, hibernate, wake", measure_quiet_gateway),
 ]
 
 
@@ -651,8 +841,9 @@ async def run_measurements(
 class EmbeddedGateway:
     """``codegen-ray serve`` on port 0 as a subprocess, with its own state and workspaces."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, env: dict[str, str] | None = None) -> None:
         self.workdir = workdir
+        self.env = env or {}
         self.process: subprocess.Popen[bytes] | None = None
         self.start_seconds = 0.0
         self.stop_seconds = 0.0
@@ -673,6 +864,7 @@ class EmbeddedGateway:
             CODEGEN_STATE_DIR=str(self.workdir / "state"),
             BASE_WORKSPACE=str(self.workdir / "workspaces"),
             CODEGEN_HTTP_PORT="0",
+            **self.env,
         )
         argv = [
             sys.executable,
@@ -795,7 +987,7 @@ async def _bench(
 )
 @click.option("--quick", is_flag=True, help=f"{QUICK_ITERATIONS} samples per figure.")
 def bench(target: str | None, as_json: bool, iterations: int | None, quick: bool) -> None:
-    """Measure session create, memory, run.python, fs and pkg.install beside plain baselines."""
+    """Measure session create, memory, run.python, fs, pkg.install and checkpoints."""
     n = iterations or (QUICK_ITERATIONS if quick else DEFAULT_ITERATIONS)
     meta: dict[str, Any] = {"iterations": n, "host": host_info()}
     with tempfile.TemporaryDirectory(prefix="codegen-bench-") as tmp:

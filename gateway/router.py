@@ -1,4 +1,4 @@
-"""SessionRouter: session id -> SessionActor handle; worker discovery, placement, routing, reaping."""
+"""SessionRouter: session id -> SessionActor; node discovery, placement, routing, reaping."""
 
 from __future__ import annotations
 
@@ -15,10 +15,10 @@ from ray.actor import ActorHandle
 
 from actors.options import NODE_RESOURCE, worker_actor_options
 from actors.worker_node import WorkerNodeActor
-from codegen_ray.checkpoint import CheckpointStore, SessionMarkers
+from codegen_ray.checkpoint import CheckpointStore, Manifest, SessionMarkers
 from codegen_ray.config import Settings
 from codegen_ray.errors import CodegenError, ErrorCode, exhausted, not_found
-from codegen_ray.session import Event, SessionSpec, SessionState, now_ms
+from codegen_ray.session import Event, SessionInfo, SessionSpec, SessionState, now_ms
 from codegen_ray.tools import TOOLS
 from gateway.errors import SESSION_LOST, from_ray
 
@@ -284,12 +284,27 @@ class SessionRouter:
                 current, "restore", current.handle.restore.remote(checkpoint_id)
             )
         if current is not None:
-            await self.destroy(session_id)
-        self.hibernated.pop(session_id, None)
-        await self._restore_into(session_id, checkpoint_id, node)
-        if self.markers is not None:
+            await self._move(session_id, checkpoint_id, node)
+        else:
+            await self._restore_into(session_id, checkpoint_id, node)
+        if self.hibernated.pop(session_id, None) is not None and self.markers is not None:
             await asyncio.to_thread(self.markers.delete, session_id)
         return await self.get(session_id)
+
+    async def _move(self, session_id: str, checkpoint_id: str, node: str) -> None:
+        """Restore a live session onto another node; on failure it is put back as it was.
+
+        The actor name is fixed, so the old actor must go before the new one starts: its
+        state is checkpointed first, and restored (on any node) if the move fails.
+        """
+        await self._place(node)  # RESOURCE_EXHAUSTED before anything is touched
+        kept = await self.checkpoint(session_id, "before-restore")
+        await self.destroy_actor(session_id)
+        try:
+            await self._restore_into(session_id, checkpoint_id, node)
+        except BaseException:
+            await self._restore_into(session_id, str(kept["checkpoint_id"]))
+            raise
 
     def _worker_id(self, entry: SessionEntry) -> str:
         worker = self.workers.get(entry.node_id)
@@ -334,10 +349,33 @@ class SessionRouter:
                     ErrorCode.NOT_FOUND,
                     f"session {session_id} was lost with its node and had no checkpoint",
                 )
-            await self._restore_into(session_id, manifest.checkpoint_id, avoid=entry.node_id)
+            try:
+                await self._restore_into(session_id, manifest.checkpoint_id, avoid=entry.node_id)
+            except CodegenError as exc:
+                # No room (or a bad store) now: park it asleep so a later call wakes it,
+                # rather than losing the session.
+                log.warning("could not restore %s: %s; parked as hibernated", session_id, exc)
+                await self._park(manifest)
+                raise
             log.info("restored session %s from %s", session_id, manifest.checkpoint_id)
 
         await self._run_restoring(session_id, work())
+
+    async def _park(self, manifest: Manifest) -> None:
+        """Record a session whose actor is gone as hibernated at ``manifest``."""
+        record = SessionInfo(
+            session_id=manifest.session_id,
+            state=SessionState.HIBERNATED,
+            created_ms=manifest.created_ms,
+            last_activity_ms=now_ms(),
+            metadata=manifest.metadata,
+            env=manifest.env,
+            limits=self.settings.limits,
+            last_checkpoint_id=manifest.checkpoint_id,
+        ).model_dump(mode="json")
+        self.hibernated[manifest.session_id] = record
+        if self.markers is not None:
+            await asyncio.to_thread(self.markers.put, manifest.session_id, record)
 
     async def hibernate(self, session_id: str) -> dict[str, Any]:
         """Checkpoint an idle session and release its actor and slot."""
