@@ -11,6 +11,7 @@ from typing import Any
 
 import ray
 
+from actors.metrics import session_metrics, timed
 from codegen_ray.checkpoint import Manifest, open_checkpoint_store
 from codegen_ray.config import CheckpointPolicy, Settings
 from codegen_ray.errors import CodegenError, ErrorCode
@@ -64,12 +65,14 @@ class SessionActor:
         self._lock: list[str] | None = None
         self._venv_stamp = -1
         self._checkpointing = asyncio.Lock()
+        self.metrics = session_metrics(worker_id)
 
     async def start(self) -> dict[str, Any]:
         """Make the workspace and venv; idempotent."""
         if self.info_.state == SessionState.CREATING:
             try:
-                await self.runtime.start()
+                with timed(self.metrics.venv_create_seconds):
+                    await self.runtime.start()
             except Exception:
                 self.info_.state = SessionState.FAILED
                 raise
@@ -159,7 +162,11 @@ class SessionActor:
         self, tool: str, arguments: dict[str, Any], on_event: Any = None
     ) -> dict[str, Any]:
         """Run the tool; under the mutation policy, checkpoint before acknowledging."""
-        result = await self.runtime.call(tool, arguments, on_event)
+        if tool == "pkg.install":
+            with timed(self.metrics.pkg_install_seconds):
+                result = await self.runtime.call(tool, arguments, on_event)
+        else:
+            result = await self.runtime.call(tool, arguments, on_event)
         policy = self.settings.checkpoint.policy
         if policy == CheckpointPolicy.MUTATION and TOOLS[tool].mutating:
             try:
@@ -173,17 +180,19 @@ class SessionActor:
 
     async def checkpoint(self, name: str = "") -> dict[str, Any]:
         async with self._checkpointing:
-            packages = await self._package_lock()
-            manifest = await asyncio.to_thread(
-                self.store.save,
-                self.info_.session_id,
-                self.runtime.workspace_dir,
-                packages=packages,
-                env=self.info_.env,
-                metadata=self.info_.metadata,
-                name=name,
-                parent=self.last_manifest,
-            )
+            with timed(self.metrics.checkpoint_seconds):
+                packages = await self._package_lock()
+                manifest = await asyncio.to_thread(
+                    self.store.save,
+                    self.info_.session_id,
+                    self.runtime.workspace_dir,
+                    packages=packages,
+                    env=self.info_.env,
+                    metadata=self.info_.metadata,
+                    name=name,
+                    parent=self.last_manifest,
+                )
+            self.metrics.checkpoint_bytes.observe(manifest.total_bytes)
             self.last_manifest = manifest
             self.info_.last_checkpoint_id = manifest.checkpoint_id
             await asyncio.to_thread(self.store.prune, self.info_.session_id)

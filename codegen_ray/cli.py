@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -181,25 +182,59 @@ def worker(
     os.execvpe(command[0], command, _node_env(settings))
 
 
-@main.command()
+@main.command(context_settings={"ignore_unknown_options": True})
 @click.option("--port", default=6379, show_default=True, help="Ray GCS port.")
+@click.option("--dashboard-port", type=int, help="Ray dashboard port (default 8265).")
 @click.option("--metrics-export-port", default=8090, show_default=True)
+@click.option("--temp-dir", type=click.Path(path_type=Path),
+              help="Ray temp dir of this node (default: Ray's, /tmp/ray).")
+@click.option("--num-cpus", type=int)
 @_serve_options
-def head(port: int, metrics_export_port: int, port_file: Path | None, **overrides: Any) -> None:
-    """Start a Ray head that is also a worker node, then run the gateway against it."""
-    from gateway.driver import health_check_config
+@click.argument("ray_args", nargs=-1, type=click.UNPROCESSED)
+def head(
+    port: int,
+    dashboard_port: int | None,
+    metrics_export_port: int,
+    temp_dir: Path | None,
+    num_cpus: int | None,
+    port_file: Path | None,
+    ray_args: tuple[str, ...],
+    **overrides: Any,
+) -> None:
+    """Start a Ray head that is also a worker node, then run the gateway against it.
+
+    On exit (SIGTERM, SIGINT) the gateway stops, then this node's Ray processes, found by
+    its temp dir's session directory: never `ray stop`, which would stop every Ray here.
+    RAY_ARGS after `--` go to `ray start` as they are.
+    """
+    import tempfile
+
+    from codegen_ray.ray_node import session_dir, stop_node
+    from gateway.driver import system_config
 
     settings = build_settings(**overrides)
+    if dashboard_port is not None:
+        settings.ray.dashboard_port = dashboard_port
+    temp_dir = (temp_dir or Path(tempfile.gettempdir()) / "ray").absolute()
     args = [
         "--head",
         f"--port={port}",
         f"--dashboard-host={settings.host}",
         f"--dashboard-port={settings.ray.dashboard_port}",
         f"--metrics-export-port={metrics_export_port}",
-        f"--system-config={json.dumps(health_check_config(settings))}",
+        f"--system-config={json.dumps(system_config(settings))}",
+        f"--temp-dir={temp_dir}",
     ]
-    subprocess.run(_ray_start(args, settings), env=_node_env(settings), check=True)
-    _run_gateway(settings, f"127.0.0.1:{port}", port_file)
+    if settings.host in ("127.0.0.1", "localhost"):
+        args.append("--node-ip-address=127.0.0.1")  # keep every Ray port on loopback too
+    if num_cpus is not None:
+        args.append(f"--num-cpus={num_cpus}")
+    subprocess.run(_ray_start([*args, *ray_args], settings), env=_node_env(settings), check=True)
+    session = session_dir(temp_dir)
+    try:
+        _run_gateway(settings, f"127.0.0.1:{port}", port_file)
+    finally:
+        click.echo(f"codegen-ray head: stopping Ray ({stop_node(session)})", err=True)
 
 
 @main.command()
@@ -356,19 +391,30 @@ def session_restore(checkpoint_id: str, target: str, node: str, new_session: boo
 @click.option("--json", "as_json", is_flag=True)
 def status(target: str, as_json: bool) -> None:
     """Ray address, dashboard URL, worker nodes with sessions and capacity."""
-    data = client_call(target, lambda c: c.status())
+    data, sessions = client_call(target, lambda c: (c.status(), c.list_sessions()))
+    # A hibernated session has no actor and no slot; it counts under the node it left.
+    hibernated = Counter(s["worker_id"] for s in sessions if s["state"] == "hibernated")
+    for node in data["nodes"]:
+        node["hibernated_sessions"] = hibernated.get(node["worker_id"], 0)
     if as_json:
         emit(data)
         return
-    click.echo(f"ray:       {data['ray_address']} ({'embedded' if data['embedded'] else 'cluster'})")
+    mode = "embedded" if data["embedded"] else "cluster"
+    used = sum(n["live_sessions"] for n in data["nodes"])
+    total = sum(n["max_sessions"] for n in data["nodes"])
+    click.echo(f"ray:       {data['ray_address']} ({mode})")
     click.echo(f"dashboard: {data['dashboard_url'] or '-'}")
-    click.echo(f"sessions:  {data['sessions']}")
-    click.echo(f"{'worker':<20} {'node':<14} {'ip':<16} {'sessions':>9} {'warm':>5}")
+    click.echo(f"sessions:  {data['sessions']} live, {sum(hibernated.values())} hibernated")
+    click.echo(f"capacity:  {used}/{total} session slots in use")
+    click.echo(
+        f"{'worker':<20} {'node':<14} {'ip':<16} {'sessions':>9} {'used':>5} {'hib':>4} {'warm':>5}"
+    )
     for node in data["nodes"]:
         used = f"{node['live_sessions']}/{node['max_sessions']}"
+        ratio = f"{node['live_sessions'] / max(1, node['max_sessions']):.0%}"
         click.echo(
             f"{node['worker_id']:<20} {node['node_id'][:12]:<14} {node['ip']:<16} "
-            f"{used:>9} {node['warm_sessions']:>5}"
+            f"{used:>9} {ratio:>5} {node['hibernated_sessions']:>4} {node['warm_sessions']:>5}"
         )
 
 

@@ -11,6 +11,7 @@ from typing import Any
 from codegen_ray.errors import CodegenError
 from codegen_ray.session import Event
 from codegen_ray.tools import EchoArgs, TaskArgs, TaskCancelResult, get_tool, parse_args
+from gateway.metrics import GatewayMetrics
 from gateway.router import SessionRouter
 from gateway.tasks import TaskManager
 
@@ -27,9 +28,10 @@ class ToolOutcome:
 
 
 class Dispatcher:
-    def __init__(self, router: SessionRouter) -> None:
+    def __init__(self, router: SessionRouter, metrics: GatewayMetrics | None = None) -> None:
         self.router = router
         self.tasks = TaskManager(router.cancel)
+        self.metrics = metrics or GatewayMetrics()
 
     async def call(
         self,
@@ -39,6 +41,21 @@ class Dispatcher:
         *,
         run_async: bool = False,
         on_event: EventSink | None = None,
+    ) -> ToolOutcome:
+        with self.metrics.tool_call(name) as counted:
+            outcome = await self._call(name, arguments, session_id, run_async, on_event)
+            if outcome.task_id:
+                counted.skip()
+            counted.finish(outcome.is_error)
+        return outcome
+
+    async def _call(
+        self,
+        name: str,
+        arguments: dict[str, Any] | None,
+        session_id: str,
+        run_async: bool,
+        on_event: EventSink | None,
     ) -> ToolOutcome:
         spec = get_tool(name)
         args = parse_args(spec, arguments)
@@ -50,9 +67,8 @@ class Dispatcher:
         raw = args.model_dump(exclude_unset=True)
         call_id = uuid.uuid4().hex
         if run_async:
-            record = self.tasks.start(
-                name, session_id, call_id, self.router.call(session_id, name, raw, call_id)
-            )
+            work = self._counted_task(name, self.router.call(session_id, name, raw, call_id))
+            record = self.tasks.start(name, session_id, call_id, work)
             return ToolOutcome(task_id=record.task_id)
         try:
             if on_event is None:
@@ -64,6 +80,12 @@ class Dispatcher:
             await asyncio.shield(self.router.cancel(session_id, call_id))
             raise
         return ToolOutcome(result, is_error=spec.is_failure(result))
+
+    async def _counted_task(self, name: str, work: Awaitable[dict[str, Any]]) -> dict[str, Any]:
+        with self.metrics.tool_call(name) as counted:
+            result = await work
+            counted.finish(get_tool(name).is_failure(result))
+        return result
 
     async def _stream(
         self, session_id: str, name: str, raw: dict[str, Any], call_id: str, on_event: EventSink

@@ -1,4 +1,5 @@
-"""The gateway's HTTP port: MCP over streamable HTTP (/mcp) and legacy SSE (/sse), and /health.
+"""The gateway's HTTP port: MCP over streamable HTTP (/mcp) and legacy SSE (/sse), /health and
+Prometheus /metrics.
 
 Served by uvicorn on the gateway's own event loop; the SDK's transports do all the
 MCP framing.
@@ -23,10 +24,12 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 
 from gateway.mcp_server import McpFront
+from gateway.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 
 log = logging.getLogger(__name__)
 
 HealthCheck = Callable[[], Awaitable[tuple[dict[str, Any], bool]]]
+Metrics = Callable[[], Awaitable[bytes]]  # Prometheus text format
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
@@ -41,7 +44,9 @@ def transport_security(host: str) -> TransportSecuritySettings:
     )
 
 
-def build_app(front: McpFront, health: HealthCheck, *, host: str) -> Starlette:
+def build_app(
+    front: McpFront, health: HealthCheck, *, host: str, metrics: Metrics | None = None
+) -> Starlette:
     security = transport_security(host)
     server = front.server
     sessions = StreamableHTTPSessionManager(app=server, security_settings=security)
@@ -56,6 +61,10 @@ def build_app(front: McpFront, health: HealthCheck, *, host: str) -> Starlette:
         report, ok = await health()
         return JSONResponse(report, status_code=200 if ok else 503)
 
+    async def handle_metrics(request: Request) -> Response:
+        assert metrics is not None
+        return Response(await metrics(), media_type=METRICS_CONTENT_TYPE)
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with sessions.run():
@@ -67,6 +76,7 @@ def build_app(front: McpFront, health: HealthCheck, *, host: str) -> Starlette:
             Route("/sse", endpoint=handle_sse, methods=["GET"]),
             Mount("/messages/", app=sse.handle_post_message),
             Route("/health", endpoint=handle_health, methods=["GET"]),
+            *([Route("/metrics", endpoint=handle_metrics, methods=["GET"])] if metrics else []),
         ],
         lifespan=lifespan,
     )

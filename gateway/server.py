@@ -23,6 +23,7 @@ from gateway.http_app import HttpServer, build_app
 from gateway.mcp_grpc import SERVICE_NAME as MCP_GRPC_SERVICE
 from gateway.mcp_grpc import McpGrpcService
 from gateway.mcp_server import DispatcherBackend, McpFront
+from gateway.metrics import GatewayMetrics
 from gateway.router import SessionRouter
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,8 @@ class Gateway:
         )
         await self.router.refresh_nodes()
         await self.router.load_hibernated()
-        self.dispatcher = Dispatcher(self.router)
+        self.metrics = GatewayMetrics()
+        self.dispatcher = Dispatcher(self.router, self.metrics)
         self.server = grpc.aio.server(
             options=[
                 ("grpc.max_receive_message_length", 64 * 1024 * 1024),
@@ -85,16 +87,26 @@ class Gateway:
         for name in ("", *SERVICE_NAMES):
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
         self._housekeeping = asyncio.ensure_future(
-            asyncio.gather(self.router.run_housekeeping(), self.router.watch_nodes())
+            asyncio.gather(
+                self.router.run_housekeeping(),
+                self.router.watch_nodes(),
+                self.metrics.run(self.router),
+            )
         )
         log.info("gateway serving gRPC on %s:%d", self.settings.host, self.grpc_port)
         await self._start_http()
 
     async def _start_http(self) -> None:
-        """MCP over streamable HTTP and SSE, and /health, on the HTTP port."""
-        assert self.dispatcher is not None
+        """MCP over streamable HTTP and SSE, /health and /metrics, on the HTTP port."""
+        assert self.dispatcher is not None and self.router is not None
         front = McpFront(DispatcherBackend(self.dispatcher))
-        app = build_app(front, self.health, host=self.settings.host)
+        router = self.router
+        app = build_app(
+            front,
+            self.health,
+            host=self.settings.host,
+            metrics=lambda: self.metrics.render(router),
+        )
         self.http = HttpServer(app, self.settings.host, self.settings.http_port)
         await self.http.start()
         self.http_port = self.http.port
