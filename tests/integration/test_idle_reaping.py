@@ -1,4 +1,4 @@
-"""Idle sessions are reaped, busy ones are not; a stopped gateway leaves no workspace.
+"""Idle sessions are reaped, busy ones are not; a stopped gateway leaves nothing behind.
 
 Runs against its own small gateway (``reaping_gateway``: two slots, one warm, 2 s idle).
 """
@@ -80,7 +80,19 @@ async def test_stopped_gateway_leaves_no_workspace(reaping: AsyncClient, reaping
             return None
 
     sid = await h.poll(create, within=120, what="a free slot")
-    await reaping.call("fs.write", {"path": "f.txt", "contents": "x"}, session_id=sid)
+    # Busy, so the 2 s idle timeout cannot reap it while the pool warms up.
+    sleeper = "import os, time\nopen('p', 'w').write(f'{os.getpid()}\\n')\ntime.sleep(300)\n"
+    await reaping.call("run.python", {"code": sleeper, "timeout_seconds": 600}, session_id=sid,
+                       run_async=True)
+
+    async def pid_file() -> str | None:
+        try:
+            text = (await reaping.call("fs.read", {"path": "p"}, session_id=sid)).structured
+        except CodegenError:
+            return None
+        return text["contents"] if text["contents"].endswith("\n") else None
+
+    pid = int(await h.poll(pid_file, within=120, what="the sleeper's pid"))
 
     async def warm() -> bool:
         return (await reaping.status())["nodes"][0]["warm_sessions"] == 1
@@ -93,6 +105,7 @@ async def test_stopped_gateway_leaves_no_workspace(reaping: AsyncClient, reaping
     assert code == 0, reaping_gateway.log[-3000:]
     left = sorted(p.name for p in reaping_gateway.base_workspace.iterdir())
     assert left == [], f"session directories outlived the gateway: {left}"
+    assert not h.alive(pid), "a running program outlived the gateway"
 
 
 def group_members(pgid: int) -> list[int]:
