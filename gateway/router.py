@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import ray
+from ray import exceptions as rex
 from ray.actor import ActorHandle
 
 from actors.options import NODE_RESOURCE, worker_actor_options
@@ -339,6 +340,8 @@ class SessionRouter:
         entry = self.sessions.get(session_id)
         if entry is None or (lost is not None and entry.handle is not lost.handle):
             return  # already recovered by someone else
+        if lost is not None and not await self._confirm_lost(entry):
+            return  # a transient error: the actor still answers, nothing to restore
 
         async def work() -> None:
             del self.sessions[session_id]
@@ -360,6 +363,28 @@ class SessionRouter:
             log.info("restored session %s from %s", session_id, manifest.checkpoint_id)
 
         await self._run_restoring(session_id, work())
+
+    async def _confirm_lost(self, entry: SessionEntry) -> bool:
+        """An actor error can be transient; a session is lost once its node or actor is dead.
+
+        Restoring a session whose actor still lives would orphan that actor and find its
+        name taken, so wait (about as long as Ray takes to declare a node dead) for proof.
+        """
+        period = self.settings.ray.health_check_period_ms / 1000
+        deadline = time.monotonic() + period * (
+            self.settings.ray.health_check_failure_threshold + 3
+        )
+        while time.monotonic() < deadline:
+            if entry.node_id not in self.workers:
+                return True  # the node watcher saw the node go
+            try:
+                await asyncio.wait_for(entry.handle.info.remote(), timeout=max(period, 1.0))
+                return False
+            except rex.ActorDiedError:
+                return True
+            except Exception:  # noqa: BLE001 - unavailable or slow: look again
+                await asyncio.sleep(min(period, 0.5))
+        return True
 
     async def _park(self, manifest: Manifest) -> None:
         """Record a session whose actor is gone as hibernated at ``manifest``."""
