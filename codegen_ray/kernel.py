@@ -56,6 +56,13 @@ _ANSI = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)|[@
 _POLL_SLICE = 0.25
 _SWEEP_SECONDS = 2.0
 STATE_LOST = "variables and imports from earlier calls are gone"
+# ``python -m ipykernel_launcher``, with SIGINT unblocked first: the signal mask is
+# inherited across exec, and a Ray worker thread that starts the kernel blocks SIGINT,
+# which left interrupts (and the time limit's interrupt) pending forever.
+_KERNEL_BOOT = (
+    "import runpy, signal; signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT}); "
+    "runpy.run_module('ipykernel_launcher', run_name='__main__', alter_sys=True)"
+)
 
 
 class KernelOutput(BaseModel):
@@ -331,7 +338,7 @@ class SessionKernel:
         runtime_dir = await self.runtime.prepare(self.venv_dir)
         marker = f"kernel-{uuid.uuid4().hex[:16]}"  # short: a unix socket path has ~107 bytes
         argv = [
-            str(self.venv_dir / "bin" / "python"), "-m", "ipykernel_launcher",
+            str(self.venv_dir / "bin" / "python"), "-c", _KERNEL_BOOT,
             "-f", "{connection_file}",
             # History goes to sqlite in IPYTHONDIR on a thread; nothing here reads it.
             "--HistoryManager.enabled=False",

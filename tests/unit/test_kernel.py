@@ -11,6 +11,7 @@ import asyncio
 import base64
 import os
 import resource
+import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -277,3 +278,22 @@ async def test_matplotlib_figure_comes_back_as_png(session: Session, fresh: Sess
     pngs = [o for o in result.outputs if o.mime_type == "image/png"]
     assert len(pngs) == 1
     assert base64.b64decode(pngs[0].data).startswith(b"\x89PNG\r\n\x1a\n")
+
+
+async def test_interrupt_works_when_the_starting_thread_blocks_sigint(
+    session: Session,
+) -> None:
+    """Ray's worker threads block SIGINT, and a child inherits the mask across exec."""
+    kernel = session.kernel()
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        await kernel.execute("m = 0", 30)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+    try:
+        result = await kernel.execute("while True:\n    m += 1", 1.0)
+        assert result.timed_out and not result.restarted, result.message
+        assert result.error is not None and result.error.ename == "KeyboardInterrupt"
+        assert (await kernel.execute("m > 0", 10)).result == "True"
+    finally:
+        await kernel.shutdown()
