@@ -16,6 +16,20 @@ def render_text(tool: str, result: dict[str, Any]) -> str:
 def _render(tool: str, result: dict[str, Any]) -> str:
     if tool == "run.python":
         return _render_run(result)
+    if tool == "kernel.execute":
+        return _render_kernel(result)
+    if tool == "session.checkpoint":
+        return (
+            f"checkpoint {result.get('checkpoint_id', '')}: {result.get('file_count', 0)} files, "
+            f"{result.get('total_bytes', 0)} bytes, {len(result.get('packages', []))} packages "
+            "(kernel variables are not saved)"
+        )
+    if tool == "session.restore":
+        return (
+            f"restored into session {result.get('session_id', '')} "
+            f"(state {result.get('state', '')}); pass this session_id to work in it. "
+            "Kernel variables start empty."
+        )
     if tool == "pkg.install":
         installed = ", ".join(f"{p['name']}=={p['version']}" for p in result.get("installed", []))
         if result.get("exit_code", 0) != 0:
@@ -38,6 +52,37 @@ def _render_run(result: dict[str, Any]) -> str:
         parts.append(f"[exit code {result['exit_code']}]")
     if result.get("truncated"):
         parts.append("[output truncated: write large output to a file and read it in pages]")
+    if result.get("changed_files"):
+        parts.append(f"[files created or changed: {', '.join(result['changed_files'])}]")
+    return "\n".join(p for p in parts if p) or "[no output]"
+
+
+TRACEBACK_TAIL = 12  # lines: where the error happened, not the whole stack
+
+
+def _render_kernel(result: dict[str, Any]) -> str:
+    parts = [result.get("stdout", "")]
+    if result.get("stderr"):
+        parts.append(f"[stderr]\n{result['stderr']}")
+    if result.get("result") is not None:
+        parts.append(str(result["result"]))
+    kinds = [o.get("mime_type", "") for o in result.get("outputs", [])]
+    if kinds:
+        parts.append(f"[rich outputs: {', '.join(kinds)}]")
+    error = result.get("error")
+    if error:
+        lines = "\n".join(error.get("traceback", [])).splitlines()
+        headline = f"{error.get('ename', '')}: {error.get('evalue', '')}"
+        tail = [line for line in lines[-TRACEBACK_TAIL:] if line.strip()]
+        if tail and tail[-1].strip() == headline.strip():
+            tail.pop()
+        parts.append("\n".join([f"[error] {headline}", *tail]))
+    if result.get("message"):
+        parts.append(f"[{result['message']}]")
+    elif result.get("timed_out"):
+        parts.append("[timed out: the code was interrupted]")
+    if result.get("state_lost") and not result.get("message"):
+        parts.append("[kernel state was lost: re-run the code that defines what you need]")
     return "\n".join(p for p in parts if p) or "[no output]"
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from codegen_ray import snapshot
 from codegen_ray.config import Limits
 from codegen_ray.errors import CodegenError, ErrorCode, invalid, not_found
 from codegen_ray.kernel import KernelExecuteResult, KernelRuntime, SessionKernel
@@ -33,6 +34,7 @@ from codegen_ray.kernel_tools import (
 )
 from codegen_ray.process import ProcessRunner
 from codegen_ray.tools import (
+    MAX_CHANGED_FILES,
     ArtifactGetArgs,
     ArtifactGetResult,
     EchoArgs,
@@ -49,6 +51,7 @@ from codegen_ray.tools import (
     PkgListArgs,
     PkgListResult,
     RunPythonArgs,
+    RunPythonResult,
     get_tool,
     parse_args,
 )
@@ -305,7 +308,9 @@ class SessionRuntime:
         await asyncio.to_thread(self.workspace.delete, args.path, recursive=args.recursive)
         return FsDeleteResult(deleted=True)
 
-    async def _run_python(self, args: RunPythonArgs, on_event: EventCallback | None) -> BaseModel:
+    async def _run_python(
+        self, args: RunPythonArgs, on_event: EventCallback | None
+    ) -> RunPythonResult:
         timeout = args.timeout_seconds or self.limits.timeout_seconds
         if timeout > self.limits.max_timeout_seconds:
             raise invalid(
@@ -322,7 +327,8 @@ class SessionRuntime:
         else:
             argv = [python, "-m", str(args.module)]
         stdin = args.stdin.encode("utf-8") if args.stdin is not None else None
-        return await self.runner.run(
+        before = await asyncio.to_thread(snapshot.take, self.workspace_dir)
+        run = await self.runner.run(
             [*argv, *args.args],
             cwd=self.workspace_dir,
             env=self.process_env(args.env),
@@ -330,6 +336,13 @@ class SessionRuntime:
             stdin=stdin,
             timeout=timeout,
             on_output=_output_forwarder(on_event),
+        )
+        after = None
+        if before is not None:
+            after = await asyncio.to_thread(snapshot.take, self.workspace_dir)
+        return RunPythonResult(
+            **run.model_dump(),
+            changed_files=snapshot.changed(before, after, MAX_CHANGED_FILES),
         )
 
     async def _pkg_install(self, args: PkgInstallArgs, on_event: EventCallback | None) -> BaseModel:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any, Literal
+from urllib.parse import quote, unquote
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -110,6 +111,18 @@ class RunPythonArgs(Args):
                 f"give exactly one of code, file or module (got {', '.join(given) or 'none'})"
             )
         return self
+
+
+MAX_CHANGED_FILES = 100
+
+
+class RunPythonResult(RunResult):
+    changed_files: list[str] = Field(
+        default_factory=list,
+        description="Workspace files the run created or changed, sorted; each is also an "
+        f"artifact id for artifact.get. At most {MAX_CHANGED_FILES}; hidden directories "
+        "(.cache, ...) are not scanned, nor workspaces of over 10,000 entries.",
+    )
 
 
 class PkgInstallArgs(Args):
@@ -230,7 +243,7 @@ TOOLS: dict[str, ToolSpec] = {
             "Run Python (code, a workspace file, or a module) in the session's venv; "
             "returns stdout, stderr and the exit code. The workspace is the cwd.",
             RunPythonArgs,
-            RunResult,
+            RunPythonResult,
             mutating=True,
         ),
         ToolSpec(
@@ -275,9 +288,19 @@ TOOLS: dict[str, ToolSpec] = {
 # --- artifacts and session introspection (issue 4) ------------------------------------
 
 
+ARTIFACT_SCHEME = "artifact://"
+
+
+def artifact_uri(path: str) -> str:
+    """The URI of a workspace file, as run.python's resource links carry it."""
+    return ARTIFACT_SCHEME + quote(path, safe="/")
+
+
 class ArtifactGetArgs(Args):
     artifact_id: str | None = Field(
-        None, description="Artifact id; for now an artifact id is the file's workspace path."
+        None,
+        description="Artifact id: a resource link's artifact://<path> URI, or the file's "
+        "workspace path.",
     )
     path: str | None = Field(None, description="File path relative to the workspace root.")
 
@@ -289,7 +312,12 @@ class ArtifactGetArgs(Args):
 
     @property
     def workspace_path(self) -> str:
-        return self.path if self.path is not None else str(self.artifact_id)
+        if self.path is not None:
+            return self.path
+        ref = str(self.artifact_id)
+        if ref.startswith(ARTIFACT_SCHEME):
+            return unquote(ref.removeprefix(ARTIFACT_SCHEME))
+        return ref
 
 
 class ArtifactGetResult(BaseModel):
@@ -318,6 +346,29 @@ class SessionInfoResult(BaseModel):
     last_checkpoint_id: str = ""
 
 
+class SessionCheckpointArgs(Args):
+    name: str = Field("", description="Optional label for the checkpoint, e.g. 'before-refactor'.")
+
+
+class CheckpointSummary(BaseModel):
+    checkpoint_id: str = Field(description="Pass to session.restore.")
+    session_id: str
+    name: str = ""
+    created_ms: int
+    file_count: int
+    total_bytes: int
+    packages: list[str] = Field(default_factory=list, description="The venv's package lock.")
+
+
+class SessionRestoreArgs(Args):
+    checkpoint_id: str = Field(description="Id returned by session.checkpoint.")
+    new_session: bool = Field(
+        False,
+        description="Restore into a new session (its id is returned) instead of rolling the "
+        "checkpoint's own session back.",
+    )
+
+
 TOOLS.update(
     (spec.name, spec)
     for spec in (
@@ -333,6 +384,22 @@ TOOLS.update(
             "State, node, limits and metadata of the session these tools run in.",
             SessionInfoArgs,
             SessionInfoResult,
+        ),
+        ToolSpec(
+            "session.checkpoint",
+            "Save the session's files and installed packages as a checkpoint; kernel "
+            "variables are not saved.",
+            SessionCheckpointArgs,
+            CheckpointSummary,
+        ),
+        ToolSpec(
+            "session.restore",
+            "Restore a checkpoint: roll its session back to it, or with new_session=true "
+            "start a new session from it (then pass the returned session_id).",
+            SessionRestoreArgs,
+            SessionInfoResult,
+            requires_session=False,
+            mutating=True,
         ),
         ToolSpec(
             "kernel.execute",

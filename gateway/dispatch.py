@@ -10,14 +10,25 @@ from typing import Any
 
 from codegen_ray.errors import CodegenError
 from codegen_ray.session import Event
-from codegen_ray.tools import EchoArgs, TaskArgs, TaskCancelResult, get_tool, parse_args
+from codegen_ray.tools import (
+    Args,
+    CheckpointSummary,
+    EchoArgs,
+    SessionCheckpointArgs,
+    SessionInfoResult,
+    SessionRestoreArgs,
+    TaskArgs,
+    TaskCancelResult,
+    get_tool,
+    parse_args,
+)
 from gateway.metrics import GatewayMetrics
 from gateway.router import SessionRouter
 from gateway.tasks import TaskManager
 
 EventSink = Callable[[Event], Awaitable[None]]
 # Tools that name a session but are answered by the gateway, not inside the session.
-SESSION_GATEWAY_TOOLS = frozenset({"session.info"})
+SESSION_GATEWAY_TOOLS = frozenset({"session.info", "session.checkpoint"})
 
 
 @dataclass
@@ -63,7 +74,7 @@ class Dispatcher:
             return ToolOutcome(await self._gateway_tool(name, args))
         self.router.check(session_id)  # fail fast on a missing or unknown session
         if name in SESSION_GATEWAY_TOOLS:
-            return ToolOutcome(await self._session_gateway_tool(name, session_id))
+            return ToolOutcome(await self._session_gateway_tool(args, session_id))
         raw = args.model_dump(exclude_unset=True)
         call_id = uuid.uuid4().hex
         if run_async:
@@ -101,6 +112,9 @@ class Dispatcher:
     async def _gateway_tool(self, name: str, args: Any) -> dict[str, Any]:
         if isinstance(args, EchoArgs):
             return {"message": args.message}
+        if isinstance(args, SessionRestoreArgs):
+            info = await self.router.restore(args.checkpoint_id, new_session=args.new_session)
+            return SessionInfoResult.model_validate(info).model_dump(mode="json")
         assert isinstance(args, TaskArgs)
         if name == "task.get_status":
             return self.tasks.get(args.task_id).status().model_dump(mode="json")
@@ -111,6 +125,10 @@ class Dispatcher:
             task_id=record.task_id, cancelled=record.state == "cancelled", state=record.state
         ).model_dump(mode="json")
 
-    async def _session_gateway_tool(self, name: str, session_id: str) -> dict[str, Any]:
-        assert name == "session.info"
-        return await self.router.get(session_id)
+    async def _session_gateway_tool(self, args: Args, session_id: str) -> dict[str, Any]:
+        if isinstance(args, SessionCheckpointArgs):
+            summary = await self.router.checkpoint(session_id, args.name)
+            return CheckpointSummary.model_validate(summary).model_dump(mode="json")
+        return SessionInfoResult.model_validate(await self.router.get(session_id)).model_dump(
+            mode="json"
+        )

@@ -25,6 +25,7 @@ from starlette.routing import Mount, Route
 
 from gateway.mcp_server import McpFront
 from gateway.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from gateway.request_limits import JsonRpcBodyLimit
 
 log = logging.getLogger(__name__)
 
@@ -72,9 +73,9 @@ def build_app(
 
     return Starlette(
         routes=[
-            Route("/mcp", endpoint=StreamableHTTPASGIApp(sessions)),
+            Route("/mcp", endpoint=JsonRpcBodyLimit(StreamableHTTPASGIApp(sessions))),
             Route("/sse", endpoint=handle_sse, methods=["GET"]),
-            Mount("/messages/", app=sse.handle_post_message),
+            Mount("/messages/", app=JsonRpcBodyLimit(sse.handle_post_message)),
             Route("/health", endpoint=handle_health, methods=["GET"]),
             *([Route("/metrics", endpoint=handle_metrics, methods=["GET"])] if metrics else []),
         ],

@@ -71,6 +71,9 @@ def to_proto(result: types.CallToolResult) -> pb.CallToolResponse:
         elif isinstance(item, types.ImageContent):
             image = pb.ImageContent(data=base64.b64decode(item.data), mime_type=item.mime_type)
             content.append(pb.CallToolResponse.Content(image=image))
+        elif isinstance(item, types.ResourceLink):
+            link = pb.Resource(uri=item.uri, name=item.name, mime_type=item.mime_type or "")
+            content.append(pb.CallToolResponse.Content(resource_link=link))
     response = pb.CallToolResponse(content=content, is_error=bool(result.is_error))
     if result.structured_content is not None:
         response.structured_content.update(result.structured_content)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import mimetypes
 import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
@@ -27,7 +28,7 @@ from codegen_ray import __version__
 from codegen_ray.errors import CodegenError, ErrorCode
 from codegen_ray.render import render_text
 from codegen_ray.session import Event, SessionSpec
-from codegen_ray.tools import TOOLS
+from codegen_ray.tools import TOOLS, artifact_uri
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,9 @@ EventSink = Callable[[Event], Awaitable[None]]
 SESSION_META_KEY = "codegen-ray/session_id"
 IMAGE_TYPES = {"png": "image/png", "jpg": "image/jpeg", "jpeg": "image/jpeg",
                "gif": "image/gif", "webp": "image/webp"}
+# kernel.execute rich outputs: images as image content, the rest as their source text.
+KERNEL_IMAGE_TYPES = frozenset({"image/png", "image/jpeg"})
+KERNEL_TEXT_TYPES = frozenset({"text/html", "text/markdown", "image/svg+xml", "text/plain"})
 INSTRUCTIONS = (
     "A code sandbox. Your connection gets its own session (workspace, venv, processes) on "
     "its first tool call; session.info tells its id. To carry on in a session after "
@@ -219,6 +223,29 @@ def image_content(
     return types.ImageContent(data=data, mime_type=mime) if mime and data else None
 
 
+def kernel_outputs(result: dict[str, Any]) -> list[types.ContentBlock]:
+    blocks: list[types.ContentBlock] = []
+    for output in result.get("outputs", []):
+        mime, data = output.get("mime_type", ""), output.get("data", "")
+        if mime in KERNEL_IMAGE_TYPES:
+            blocks.append(types.ImageContent(data=data, mime_type=mime))
+        elif mime in KERNEL_TEXT_TYPES:
+            blocks.append(types.TextContent(text=data))
+    return blocks
+
+
+def resource_links(result: dict[str, Any]) -> list[types.ContentBlock]:
+    """The files a run created or changed, by artifact:// URI (artifact.get takes it as id)."""
+    return [
+        types.ResourceLink(
+            uri=artifact_uri(path),
+            name=path,
+            mime_type=mimetypes.guess_type(path)[0] or "application/octet-stream",
+        )
+        for path in result.get("changed_files", [])
+    ]
+
+
 def tool_result(
     name: str, arguments: dict[str, Any], outcome: ToolOutcome, session_id: str, note: str
 ) -> types.CallToolResult:
@@ -236,6 +263,10 @@ def tool_result(
         image = image_content(name, arguments, structured)
         if image is not None:
             content.append(image)
+        if name == "kernel.execute":
+            content.extend(kernel_outputs(structured))
+        if name == "run.python":
+            content.extend(resource_links(structured))
     if note:
         content.append(types.TextContent(text=note))
     return types.CallToolResult(
