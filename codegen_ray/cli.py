@@ -66,13 +66,19 @@ def _serve_options(fn: Any) -> Any:
     for option in reversed(
         [
             click.option("--grpc-port", type=int, help="gRPC port (env GRPC_PORT, default 50051)."),
-            click.option("--http-port", type=int,
-                         help="MCP/health HTTP port (env CODEGEN_HTTP_PORT, default 8080)."),
+            click.option(
+                "--http-port",
+                type=int,
+                help="MCP/health HTTP port (env CODEGEN_HTTP_PORT, default 8080).",
+            ),
             click.option("--host", help="Interface to listen on (env CODEGEN_HOST)."),
             click.option("--max-sessions", type=int, help="Sessions on this node (MAX_SESSIONS)."),
             click.option("--base-workspace", type=click.Path(path_type=Path)),
-            click.option("--port-file", type=click.Path(path_type=Path),
-                         help="Write the bound gRPC port here once serving (HTTP: PATH.http)."),
+            click.option(
+                "--port-file",
+                type=click.Path(path_type=Path),
+                help="Write the bound gRPC port here once serving (HTTP: PATH.http).",
+            ),
         ]
     ):
         fn = option(fn)
@@ -95,14 +101,19 @@ def _run_gateway(settings: Settings, address: str | None, port_file: Path | None
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
 
+    connection = None
+
     async def run() -> None:
+        nonlocal connection
         gateway = Gateway(settings, address)
         await gateway.start()
+        connection = gateway.connection
         assert gateway.connection is not None
         if port_file is not None:
             # The HTTP port first: readers wait for the gRPC port file to appear.
-            port_file.with_name(port_file.name + ".http").write_text(str(gateway.http_port))
-            port_file.write_text(str(gateway.grpc_port))
+            http_file = port_file.with_name(port_file.name + ".http")
+            http_file.write_text(str(gateway.http_port))  # noqa: ASYNC240 - tiny, once
+            port_file.write_text(str(gateway.grpc_port))  # noqa: ASYNC240
         click.echo(
             f"codegen-ray gateway: grpc {settings.host}:{gateway.grpc_port}  "
             f"ray {gateway.connection.address}  dashboard {gateway.connection.dashboard_url or '-'}"
@@ -119,7 +130,15 @@ def _run_gateway(settings: Settings, address: str | None, port_file: Path | None
     asyncio.run(run())
     import ray
 
+    from codegen_ray.ray_node import node_processes, start_times, stop_processes
+
+    session = connection.session_dir if connection is not None and connection.embedded else ""
+    # ray.shutdown() leaves the embedded node's agents running: note the node's processes
+    # now, and stop whichever of them outlive it.
+    ours = start_times(node_processes(Path(session))) if session else {}
     ray.shutdown()
+    if ours:
+        logging.getLogger(__name__).info("embedded Ray: %s", stop_processes(ours))
 
 
 def _ray_start(args: list[str], settings: Settings) -> list[str]:
@@ -186,8 +205,11 @@ def worker(
 @click.option("--port", default=6379, show_default=True, help="Ray GCS port.")
 @click.option("--dashboard-port", type=int, help="Ray dashboard port (default 8265).")
 @click.option("--metrics-export-port", default=8090, show_default=True)
-@click.option("--temp-dir", type=click.Path(path_type=Path),
-              help="Ray temp dir of this node (default: Ray's, /tmp/ray).")
+@click.option(
+    "--temp-dir",
+    type=click.Path(path_type=Path),
+    help="Ray temp dir of this node (default: Ray's, /tmp/ray).",
+)
 @click.option("--num-cpus", type=int)
 @_serve_options
 @click.argument("ray_args", nargs=-1, type=click.UNPROCESSED)
@@ -383,7 +405,9 @@ def session_checkpoints(session_id: str, target: str) -> None:
 @click.option("--new-session", is_flag=True, help="Restore as a new session; keep the old one.")
 def session_restore(checkpoint_id: str, target: str, node: str, new_session: bool) -> None:
     """Restore a checkpoint (in place, onto another node, or as a new session)."""
-    emit(client_call(target, lambda c: c.restore(checkpoint_id, node=node, new_session=new_session)))
+    emit(
+        client_call(target, lambda c: c.restore(checkpoint_id, node=node, new_session=new_session))
+    )
 
 
 @main.command()

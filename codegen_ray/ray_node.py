@@ -40,7 +40,32 @@ def node_processes(session: Path) -> set[int]:
     """Live processes naming ``session`` on their command line, and their descendants."""
     table = _table()
     marker = f"{session}/"
-    found = {pid for pid, (_, state, cmd) in table.items() if marker in cmd and state != "Z"}
+    found = {
+        pid
+        for pid, (_, state, cmd) in table.items()
+        if state != "Z" and (marker in cmd or _has_file_under(pid, marker))
+    }
+    return _with_descendants(found, table)
+
+
+def _has_file_under(pid: int, marker: str) -> bool:
+    # Ray's agents rename themselves (ray::DashboardAgent) and are reparented to init,
+    # but keep their log files in the session directory open.
+    try:
+        fds = os.scandir(f"/proc/{pid}/fd")
+    except OSError:
+        return False
+    with fds:
+        for fd in fds:
+            try:
+                if os.readlink(fd.path).startswith(marker):
+                    return True
+            except OSError:
+                continue
+    return False
+
+
+def _with_descendants(found: set[int], table: dict[int, tuple[int, str, str]]) -> set[int]:
     children: dict[int, list[int]] = {}
     for pid, (ppid, state, _) in table.items():
         if state != "Z":
@@ -68,6 +93,36 @@ def stop_node(session: Path, grace: float = 10.0) -> str:
             return "terminated"
         time.sleep(0.1)
     _signal(node_processes(session), signal.SIGKILL)
+    return "killed"
+
+
+def start_times(pids: set[int]) -> dict[int, str]:
+    """pid -> start time (field 22 of /proc/<pid>/stat), to tell a pid's reuse apart."""
+    out = {}
+    for pid in pids:
+        try:
+            out[pid] = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+        except (OSError, IndexError):
+            pass
+    return out
+
+
+def stop_processes(known: dict[int, str], grace: float = 5.0) -> str:
+    """SIGTERM the still-running processes of ``known`` (from start_times), then SIGKILL."""
+
+    def alive() -> set[int]:
+        return {pid for pid, started in start_times(set(known)).items() if known[pid] == started}
+
+    left = alive()
+    if not left:
+        return "none running"
+    _signal(left, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        if not (left := alive()):
+            return "terminated"
+        time.sleep(0.1)
+    _signal(left, signal.SIGKILL)
     return "killed"
 
 

@@ -19,6 +19,7 @@ class RayConnection:
     node_id: str
     dashboard_url: str
     embedded: bool
+    session_dir: str = ""
 
 
 def system_config(settings: Settings) -> dict[str, int]:
@@ -63,6 +64,7 @@ def connect(settings: Settings, address: str | None) -> RayConnection:
         node_id=ray.get_runtime_context().get_node_id(),
         dashboard_url=dashboard,
         embedded=embedded,
+        session_dir=str(context.address_info.get("session_dir", "")),
     )
     log.info("connected to Ray at %s (dashboard %s)", connection.address, dashboard or "off")
     return connection

@@ -122,11 +122,6 @@ def group_members(pgid: int) -> list[int]:
     return members
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Ray's ray::DashboardAgent and ray::RuntimeEnvAgent (children of the embedded "
-    "raylet) outlive `codegen-ray serve` after SIGINT + ray.shutdown(); seen alive 40 s on",
-)
 async def test_stopped_gateway_leaves_no_process(reaping_gateway: Any, h: Any) -> None:
     proc = reaping_gateway.proc
     if proc.poll() is None:
