@@ -1,4 +1,4 @@
-"""Every Ray option of our actors (names, namespace, affinity, lifetime, resources), in one place."""
+"""Every Ray option of our actors (names, namespace, affinity, lifetime, resources)."""
 
 from __future__ import annotations
 

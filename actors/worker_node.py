@@ -1,4 +1,4 @@
-"""WorkerNodeActor: exactly one per worker node; owns the node's workspaces, capacity and warm pool."""
+"""WorkerNodeActor: one per worker node; owns its workspaces, capacity and warm pool."""
 
 from __future__ import annotations
 
@@ -33,6 +33,7 @@ class WorkerNodeActor:
         self.warming = 0
         self._background: set[asyncio.Task[None]] = set()
         self.closing = False
+        self._pool_changed = asyncio.Condition()
 
     def info(self) -> dict[str, Any]:
         return {
@@ -113,9 +114,14 @@ class WorkerNodeActor:
         self._refill()
 
     async def _wait_for_warm(self) -> None:
-        deadline = asyncio.get_running_loop().time() + self.settings.session.create_timeout_seconds
-        while not self.warm and self.warming and asyncio.get_running_loop().time() < deadline:
-            await asyncio.sleep(0.02)
+        async with self._pool_changed:
+            try:
+                await asyncio.wait_for(
+                    self._pool_changed.wait_for(lambda: bool(self.warm) or not self.warming),
+                    timeout=self.settings.session.create_timeout_seconds,
+                )
+            except TimeoutError:
+                pass  # start one cold instead
 
     async def _start_session(self, session_id: str) -> tuple[str, ActorHandle]:
         handle = SessionActor.options(
@@ -163,3 +169,5 @@ class WorkerNodeActor:
             pass
         finally:
             self.warming -= 1
+            async with self._pool_changed:
+                self._pool_changed.notify_all()

@@ -1,4 +1,4 @@
-"""Python SDK for the gateway's gRPC API: ``AsyncClient``, and ``Client`` that wraps it for sync code."""
+"""Python SDK for the gateway's gRPC API: ``AsyncClient``, and ``Client`` for sync code."""
 
 from __future__ import annotations
 
@@ -217,5 +217,5 @@ class Client:
         return lambda *args, **kwargs: self._run(method(*args, **kwargs))
 
 
-async def _make_async_client(target: str, timeout: float | None) -> AsyncClient:
+async def _make_async_client(target: str, timeout: float | None) -> AsyncClient:  # noqa: ASYNC109
     return AsyncClient(target, timeout=timeout)

@@ -36,11 +36,20 @@ def embedded_gateway() -> Iterator[str]:
         env = dict(os.environ)
         env.setdefault("RAY_AUTH_MODE", "disabled")
         env.setdefault("CODEGEN_HTTP_PORT", "0")
-        command = [sys.executable, "-m", "codegen_ray.cli", "serve", "--grpc-port", "0",
-                   "--port-file", str(port_file)]
+        command = [
+            sys.executable,
+            "-m",
+            "codegen_ray.cli",
+            "serve",
+            "--grpc-port",
+            "0",
+            "--port-file",
+            str(port_file),
+        ]
         # stdout belongs to JSON-RPC: the gateway writes everything to our stderr.
-        process = subprocess.Popen(command, stdout=sys.stderr, stderr=sys.stderr, env=env,
-                                   start_new_session=True)
+        process = subprocess.Popen(
+            command, stdout=sys.stderr, stderr=sys.stderr, env=env, start_new_session=True
+        )
         try:
             yield f"127.0.0.1:{_wait_for_port(process, port_file)}"
         finally:
@@ -90,12 +99,16 @@ def _session_members(sid: int) -> list[int]:
 
 
 @click.command()
-@click.option("--target", default=None,
-              help="Gateway host:port; default: start an embedded gateway for this process.")
+@click.option(
+    "--target",
+    default=None,
+    help="Gateway host:port; default: start an embedded gateway for this process.",
+)
 def mcp(target: str | None) -> None:
     """Serve MCP over stdio (for desktop MCP clients)."""
     logging.basicConfig(
-        stream=sys.stderr, level=os.environ.get("LOG_LEVEL", "warning").upper(),
+        stream=sys.stderr,
+        level=os.environ.get("LOG_LEVEL", "warning").upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     # A client that ends us with SIGTERM still gets the embedded gateway stopped.

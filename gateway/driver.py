@@ -35,9 +35,7 @@ def system_config(settings: Settings) -> dict[str, int]:
 def connect(settings: Settings, address: str | None) -> RayConnection:
     """Blocking: call at startup, never on the event loop."""
     if address:
-        context = ray.init(
-            address=address, namespace=settings.ray.namespace, log_to_driver=False
-        )
+        context = ray.init(address=address, namespace=settings.ray.namespace, log_to_driver=False)
         embedded = False
     else:
         # address="local": a bare ray.init() would join any cluster left running here.

@@ -1,4 +1,4 @@
-"""Errors crossing into the gateway: Ray failures become CodegenErrors, CodegenErrors gRPC statuses."""
+"""Ray failures become CodegenErrors; CodegenErrors become gRPC statuses."""
 
 from __future__ import annotations
 
@@ -47,7 +47,10 @@ def from_ray(exc: BaseException, what: str) -> CodegenError:
 
 
 def trailing_metadata(error: CodegenError) -> tuple[tuple[str, str], ...]:
-    return (("codegen-error-code", error.code.value), ("codegen-retriable", str(error.retriable).lower()))
+    return (
+        ("codegen-error-code", error.code.value),
+        ("codegen-retriable", str(error.retriable).lower()),
+    )
 
 
 async def abort(context: grpc.aio.ServicerContext, error: CodegenError) -> None:

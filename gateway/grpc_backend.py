@@ -17,8 +17,14 @@ class GrpcBackend(ToolBackend):
 
     async def list_tools(self) -> list[ToolInfo]:
         return [
-            ToolInfo(t["name"], t["description"], t["input_schema"], t["output_schema"],
-                     t["requires_session"], t["read_only"])
+            ToolInfo(
+                t["name"],
+                t["description"],
+                t["input_schema"],
+                t["output_schema"],
+                t["requires_session"],
+                t["read_only"],
+            )
             for t in await self.client.list_tools()
         ]
 

@@ -34,8 +34,13 @@ log = logging.getLogger(__name__)
 
 EventSink = Callable[[Event], Awaitable[None]]
 SESSION_META_KEY = "codegen-ray/session_id"
-IMAGE_TYPES = {"png": "image/png", "jpg": "image/jpeg", "jpeg": "image/jpeg",
-               "gif": "image/gif", "webp": "image/webp"}
+IMAGE_TYPES = {
+    "png": "image/png",
+    "jpg": "image/jpeg",
+    "jpeg": "image/jpeg",
+    "gif": "image/gif",
+    "webp": "image/webp",
+}
 # kernel.execute rich outputs: images as image content, the rest as their source text.
 KERNEL_IMAGE_TYPES = frozenset({"image/png", "image/jpeg"})
 KERNEL_TEXT_TYPES = frozenset({"text/html", "text/markdown", "image/svg+xml", "text/plain"})
@@ -106,8 +111,14 @@ class ToolBackend(ABC):
 
 def registry_tools() -> list[ToolInfo]:
     return [
-        ToolInfo(s.name, s.description, s.input_schema(), s.output_schema(),
-                 s.requires_session, s.read_only)
+        ToolInfo(
+            s.name,
+            s.description,
+            s.input_schema(),
+            s.output_schema(),
+            s.requires_session,
+            s.read_only,
+        )
         for s in TOOLS.values()
     ]
 

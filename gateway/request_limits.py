@@ -38,5 +38,8 @@ def too_large(size: int, limit: int) -> dict[str, object]:
         f"{limit / MB:.1f} MB. Send a big file in pieces (fs.write with append=true), or "
         "have code in the sandbox download or generate it."
     )
-    return {"jsonrpc": "2.0", "id": None,
-            "error": {"code": types.INVALID_REQUEST, "message": message}}
+    return {
+        "jsonrpc": "2.0",
+        "id": None,
+        "error": {"code": types.INVALID_REQUEST, "message": message},
+    }

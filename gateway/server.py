@@ -80,7 +80,9 @@ class Gateway:
         reflection.enable_server_reflection(
             (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
         )
-        self.grpc_port = self.server.add_insecure_port(f"{self.settings.host}:{self.settings.grpc_port}")
+        self.grpc_port = self.server.add_insecure_port(
+            f"{self.settings.host}:{self.settings.grpc_port}"
+        )
         if not self.grpc_port:
             raise OSError(f"cannot listen on {self.settings.host}:{self.settings.grpc_port}")
         await self.server.start()

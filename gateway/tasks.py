@@ -100,6 +100,8 @@ class TaskManager:
         return record
 
     def _trim(self) -> None:
-        finished = sorted((t for t in self.tasks.values() if t.finished_ms), key=lambda t: t.finished_ms)
+        finished = sorted(
+            (t for t in self.tasks.values() if t.finished_ms), key=lambda t: t.finished_ms
+        )
         for record in finished[: max(0, len(finished) - MAX_FINISHED)]:
             del self.tasks[record.task_id]

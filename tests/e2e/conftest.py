@@ -55,9 +55,7 @@ class GaveUp(RuntimeError):
     """Raised by a ``wait_for`` condition when waiting longer cannot help (a process died)."""
 
 
-def wait_for(
-    condition: Callable[[], T], timeout: float, what: str, interval: float = 0.25
-) -> T:
+def wait_for(condition: Callable[[], T], timeout: float, what: str, interval: float = 0.25) -> T:
     """Poll ``condition`` until it returns something truthy; fail with ``what`` at the deadline.
 
     Exceptions from ``condition`` count as "not yet", except ``GaveUp``, which ends the wait.

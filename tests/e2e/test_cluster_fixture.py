@@ -65,4 +65,3 @@ def test_kill_node_kills_it_for_real_and_start_worker_brings_it_back(
             pass
         else:
             assert got["node_id"] != info["node_id"], got
-

@@ -51,9 +51,7 @@ def write_files(client: Client, session_id: str, files: dict[str, bytes]) -> Non
 
 
 def read_bytes(client: Client, session_id: str, path: str) -> bytes:
-    response = client.call(
-        "fs.read", {"path": path, "encoding": "base64"}, session_id=session_id
-    )
+    response = client.call("fs.read", {"path": path, "encoding": "base64"}, session_id=session_id)
     assert not response.is_error, response.text
     return base64.b64decode(response.structured["contents"])
 
@@ -71,7 +69,8 @@ def install(client: Client, session_id: str) -> None:
 
 def assert_importable(client: Client, session_id: str) -> None:
     run = client.call(
-        "run.python", {"code": f"import {PACKAGE}; print({PACKAGE}.__name__)"},
+        "run.python",
+        {"code": f"import {PACKAGE}; print({PACKAGE}.__name__)"},
         session_id=session_id,
     )
     assert run.structured["exit_code"] == 0, run.structured["stderr"]
@@ -123,7 +122,12 @@ def test_restore_checkpoint_onto_other_node_and_refusals(store_cluster: StoreClu
         assert taken["checkpoint_id"] in {c["checkpoint_id"] for c in listed}
 
         restored = cli(
-            cluster, "session", "restore", taken["checkpoint_id"], "--node", "node-b",
+            cluster,
+            "session",
+            "restore",
+            taken["checkpoint_id"],
+            "--node",
+            "node-b",
             "--new-session",
         )
         assert restored.returncode == 0, restored.stderr
@@ -140,7 +144,12 @@ def test_restore_checkpoint_onto_other_node_and_refusals(store_cluster: StoreClu
                 made.append(client.create_session(node="node-b")["session_id"])
             before = {s["session_id"] for s in client.list_sessions()}
             full = cli(
-                cluster, "session", "restore", taken["checkpoint_id"], "--node", "node-b",
+                cluster,
+                "session",
+                "restore",
+                taken["checkpoint_id"],
+                "--node",
+                "node-b",
                 "--new-session",
             )
             assert full.returncode == 1 and "RESOURCE_EXHAUSTED" in full.stderr, full.stderr
@@ -273,7 +282,9 @@ def test_session_survives_its_node_being_killed(store_cluster: StoreCluster) -> 
 
         with ThreadPoolExecutor(1) as pool:
             inflight = pool.submit(
-                client.call, "run.python", {"code": INFLIGHT, "timeout_seconds": 900},
+                client.call,
+                "run.python",
+                {"code": INFLIGHT, "timeout_seconds": 900},
                 session_id=session_id,
             )
             started = cluster.wait_for(

@@ -77,8 +77,16 @@ def launch_gateway(root: Path, *, max_sessions: int, env: dict[str, str] | None 
     )
     with open(root / "gateway.log", "wb") as log:
         proc = subprocess.Popen(
-            [CLI, "serve", "--grpc-port", "0", "--port-file", str(root / "port"),
-             "--base-workspace", str(root / "ws")],
+            [
+                CLI,
+                "serve",
+                "--grpc-port",
+                "0",
+                "--port-file",
+                str(root / "port"),
+                "--base-workspace",
+                str(root / "ws"),
+            ],
             env=full_env,
             stdin=subprocess.DEVNULL,
             stdout=log,
@@ -172,7 +180,8 @@ def gateways(
         "reaping": {"max_sessions": 2, "env": REAPING_ENV},
     }
     wanted = [
-        name for name, fixture in (("main", "gateway"), ("reaping", "reaping_gateway"))
+        name
+        for name, fixture in (("main", "gateway"), ("reaping", "reaping_gateway"))
         if any(fixture in getattr(item, "fixturenames", ()) for item in items)
     ]
     launched: dict[str, Gateway] = {}
@@ -337,8 +346,14 @@ class Helpers:
         )
         env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-c", code, self.gateway.ray_address, *names,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
+            sys.executable,
+            "-c",
+            code,
+            self.gateway.ray_address,
+            *names,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=env,
         )
         out, err = await asyncio.wait_for(proc.communicate(), timeout=120)
         assert proc.returncode == 0, f"driver failed: {err.decode()[-2000:]}"
@@ -350,4 +365,3 @@ class Helpers:
 @pytest.fixture
 def h(client: AsyncClient, gateway: Gateway) -> Helpers:
     return Helpers(client, gateway)
-

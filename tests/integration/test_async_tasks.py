@@ -16,16 +16,13 @@ WAIT_FOR_GO = (
     "    time.sleep(0.05)\n"
     "print('went' if os.path.exists('go') else 'gave up')\n"
 )
-SLEEPER = (
-    "import os, time\n"
-    "open('task.pid', 'w').write(f'{os.getpid()}\\n')\n"
-    "time.sleep(300)\n"
-)
+SLEEPER = "import os, time\nopen('task.pid', 'w').write(f'{os.getpid()}\\n')\ntime.sleep(300)\n"
 
 
 async def test_running_then_completed(client: AsyncClient, session: str, h: Any) -> None:
-    started = await client.call("run.python", {"code": WAIT_FOR_GO}, session_id=session,
-                                run_async=True)
+    started = await client.call(
+        "run.python", {"code": WAIT_FOR_GO}, session_id=session, run_async=True
+    )
     assert started.task_id and not started.structured
     task = await client.get_task(started.task_id)
     assert task["state"] in ("pending", "running")
@@ -54,8 +51,9 @@ async def test_running_then_completed(client: AsyncClient, session: str, h: Any)
 
 
 async def test_cancel_kills_the_process(client: AsyncClient, session: str, h: Any) -> None:
-    started = await client.call("run.python", {"code": SLEEPER, "timeout_seconds": 600},
-                                session_id=session, run_async=True)
+    started = await client.call(
+        "run.python", {"code": SLEEPER, "timeout_seconds": 600}, session_id=session, run_async=True
+    )
     pid = int(await h.wait_for_file(session, "task.pid"))
     assert h.alive(pid)
 
@@ -72,20 +70,25 @@ async def test_cancel_kills_the_process(client: AsyncClient, session: str, h: An
 
 
 async def test_task_tools_via_call_tool(client: AsyncClient, session: str, h: Any) -> None:
-    started = await client.call("run.python", {"code": SLEEPER, "timeout_seconds": 600},
-                                session_id=session, run_async=True)
+    started = await client.call(
+        "run.python", {"code": SLEEPER, "timeout_seconds": 600}, session_id=session, run_async=True
+    )
     pid = int(await h.wait_for_file(session, "task.pid"))
     status = await client.call("task.get_status", {"task_id": started.task_id})
     assert status.structured["state"] == "running"
     assert status.structured["tool"] == "run.python"
 
     cancelled = await client.call("task.cancel", {"task_id": started.task_id})
-    assert cancelled.structured == {"task_id": started.task_id, "cancelled": True,
-                                    "state": "cancelled"}
+    assert cancelled.structured == {
+        "task_id": started.task_id,
+        "cancelled": True,
+        "state": "cancelled",
+    }
     assert await h.wait_dead([pid], within=30) == []
 
-    quick = await client.call("fs.write", {"path": "a.txt", "contents": "abc"},
-                              session_id=session, run_async=True)
+    quick = await client.call(
+        "fs.write", {"path": "a.txt", "contents": "abc"}, session_id=session, run_async=True
+    )
 
     async def done() -> bool:
         s = await client.call("task.get_status", {"task_id": quick.task_id})
@@ -100,10 +103,10 @@ async def test_task_tools_via_call_tool(client: AsyncClient, session: str, h: An
     assert exc_info.value.code == ErrorCode.NOT_FOUND
 
 
-async def test_failed_task_reports_its_error(client: AsyncClient, session: str,
-                                             h: Any) -> None:
-    started = await client.call("fs.read", {"path": "missing.txt"}, session_id=session,
-                                run_async=True)
+async def test_failed_task_reports_its_error(client: AsyncClient, session: str, h: Any) -> None:
+    started = await client.call(
+        "fs.read", {"path": "missing.txt"}, session_id=session, run_async=True
+    )
 
     async def finished() -> dict[str, Any] | None:
         t = await client.get_task(started.task_id)

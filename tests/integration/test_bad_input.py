@@ -118,8 +118,12 @@ async def test_size_limits(client: AsyncClient, new_session: Any, h: Any) -> Non
     assert "big.txt" not in [f["path"] for f in listed.structured["files"]], "no partial file"
 
     await client.call("fs.write", {"path": "log.txt", "contents": "y" * 1000}, session_id=sid)
-    await fails(EXHAUSTED, client.call(
-        "fs.write", {"path": "log.txt", "contents": "y" * 100, "append": True}, session_id=sid))
+    await fails(
+        EXHAUSTED,
+        client.call(
+            "fs.write", {"path": "log.txt", "contents": "y" * 100, "append": True}, session_id=sid
+        ),
+    )
     read = await client.call("fs.read", {"path": "log.txt"}, session_id=sid)
     assert read.structured["contents"] == "y" * 1000, "a refused append must not change the file"
 
@@ -132,18 +136,19 @@ async def test_size_limits(client: AsyncClient, new_session: Any, h: Any) -> Non
     assert all(f["size_bytes"] <= 1024 for f in size["files"])
 
 
-
 async def test_read_limit(client: AsyncClient, new_session: Any) -> None:
     sid = await new_session(limits={"max_read_bytes": 1024})
     await client.call("fs.write", {"path": "two_kb.txt", "contents": "q" * 2048}, session_id=sid)
     err = await fails(EXHAUSTED, client.call("fs.read", {"path": "two_kb.txt"}, session_id=sid))
     assert "1024" in err.message, err.message
-    window = await client.call("fs.read", {"path": "two_kb.txt", "offset": 500, "length": 1000},
-                               session_id=sid)
+    window = await client.call(
+        "fs.read", {"path": "two_kb.txt", "offset": 500, "length": 1000}, session_id=sid
+    )
     assert window.structured["contents"] == "q" * 1000
     assert window.structured["size_bytes"] == 2048
-    await fails(EXHAUSTED, client.call("fs.read", {"path": "two_kb.txt", "length": 1025},
-                                       session_id=sid))
+    await fails(
+        EXHAUSTED, client.call("fs.read", {"path": "two_kb.txt", "length": 1025}, session_id=sid)
+    )
 
 
 async def test_session_limits_cannot_loosen_the_gateway(client: AsyncClient) -> None:
@@ -159,12 +164,16 @@ async def test_session_limits_cannot_loosen_the_gateway(client: AsyncClient) -> 
 async def test_binary_file(client: AsyncClient, session: str) -> None:
     data = bytes(range(256)) * 4
     encoded = base64.b64encode(data).decode()
-    await client.call("fs.write", {"path": "blob.bin", "contents": encoded, "encoding": "base64"},
-                      session_id=session)
+    await client.call(
+        "fs.write",
+        {"path": "blob.bin", "contents": encoded, "encoding": "base64"},
+        session_id=session,
+    )
     err = await fails(INVALID, client.call("fs.read", {"path": "blob.bin"}, session_id=session))
     assert "base64" in err.message
-    read = await client.call("fs.read", {"path": "blob.bin", "encoding": "base64"},
-                             session_id=session)
+    read = await client.call(
+        "fs.read", {"path": "blob.bin", "encoding": "base64"}, session_id=session
+    )
     assert base64.b64decode(read.structured["contents"]) == data
     assert read.structured["size_bytes"] == len(data)
     assert read.structured["encoding"] == "base64"

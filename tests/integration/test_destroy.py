@@ -17,8 +17,9 @@ SLEEPER = (
 )
 
 
-async def test_destroy_leaves_nothing(client: AsyncClient, new_session: Any, h: Any,
-                                      gateway: Any) -> None:
+async def test_destroy_leaves_nothing(
+    client: AsyncClient, new_session: Any, h: Any, gateway: Any
+) -> None:
     sid = await new_session()
     session_dir = gateway.base_workspace / sid
     assert (session_dir / "workspace").is_dir()
@@ -27,8 +28,9 @@ async def test_destroy_leaves_nothing(client: AsyncClient, new_session: Any, h: 
     assert h.alive(actor_pid)
     bystander = await new_session()
 
-    started = await client.call("run.python", {"code": SLEEPER, "timeout_seconds": 600},
-                                session_id=sid, run_async=True)
+    started = await client.call(
+        "run.python", {"code": SLEEPER, "timeout_seconds": 600}, session_id=sid, run_async=True
+    )
     assert started.task_id
     sleeper = int(await h.wait_for_file(sid, "sleeper.pid"))
     assert h.alive(sleeper)

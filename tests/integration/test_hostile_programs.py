@@ -68,8 +68,7 @@ async def test_ignores_sigterm(hostile: str, contained: int, h: Any) -> None:
     assert await h.wait_dead(await pids_in(h, hostile, "stubborn.pid"), within=0.5) == []
 
 
-async def test_prints_a_gigabyte(client: AsyncClient, hostile: str, contained: int,
-                                 h: Any) -> None:
+async def test_prints_a_gigabyte(client: AsyncClient, hostile: str, contained: int, h: Any) -> None:
     cap = (await client.get_session(hostile))["limits"]["max_output_bytes"]
     result = await h.run(
         hostile,

@@ -35,12 +35,12 @@ async def gone(client: AsyncClient, sid: str) -> bool:
     return False
 
 
-async def test_idle_session_is_reaped(reaping: AsyncClient, reaping_gateway: Any,
-                                      h: Any) -> None:
+async def test_idle_session_is_reaped(reaping: AsyncClient, reaping_gateway: Any, h: Any) -> None:
     sid = (await reaping.create_session())["session_id"]
     await reaping.call("fs.write", {"path": "f.txt", "contents": "x"}, session_id=sid)
-    run = await reaping.call("run.python", {"code": "import os; print(os.getppid())"},
-                             session_id=sid)
+    run = await reaping.call(
+        "run.python", {"code": "import os; print(os.getppid())"}, session_id=sid
+    )
     actor = int(run.structured["stdout"])
 
     await h.poll(lambda: gone(reaping, sid), within=120, what="the idle session to be reaped")
@@ -62,7 +62,8 @@ async def test_busy_session_is_not_reaped(reaping: AsyncClient, h: Any) -> None:
 
     sid = await h.poll(create, within=120, what="a free slot")
     run = await reaping.call(
-        "run.python", {"code": f"import time; time.sleep({IDLE_SECONDS * 3}); print('survived')"},
+        "run.python",
+        {"code": f"import time; time.sleep({IDLE_SECONDS * 3}); print('survived')"},
         session_id=sid,
     )
     assert run.structured["stdout"] == "survived\n"
@@ -71,8 +72,9 @@ async def test_busy_session_is_not_reaped(reaping: AsyncClient, h: Any) -> None:
     await h.poll(lambda: gone(reaping, sid), within=120, what="reaping once idle again")
 
 
-async def test_stopped_gateway_leaves_no_workspace(reaping: AsyncClient, reaping_gateway: Any,
-                                                   h: Any) -> None:
+async def test_stopped_gateway_leaves_no_workspace(
+    reaping: AsyncClient, reaping_gateway: Any, h: Any
+) -> None:
     async def create() -> str | None:
         try:
             return str((await reaping.create_session())["session_id"])
@@ -82,8 +84,9 @@ async def test_stopped_gateway_leaves_no_workspace(reaping: AsyncClient, reaping
     sid = await h.poll(create, within=120, what="a free slot")
     # Busy, so the 2 s idle timeout cannot reap it while the pool warms up.
     sleeper = "import os, time\nopen('p', 'w').write(f'{os.getpid()}\\n')\ntime.sleep(300)\n"
-    await reaping.call("run.python", {"code": sleeper, "timeout_seconds": 600}, session_id=sid,
-                       run_async=True)
+    await reaping.call(
+        "run.python", {"code": sleeper, "timeout_seconds": 600}, session_id=sid, run_async=True
+    )
 
     async def pid_file() -> str | None:
         try:

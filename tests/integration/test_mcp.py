@@ -124,9 +124,20 @@ def mcp_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[McpGateway
     )
     with open(root / "gateway.log", "wb") as log:
         proc = subprocess.Popen(
-            [CLI, "serve", "--grpc-port", "0", "--port-file", str(root / "port"),
-             "--base-workspace", str(root / "ws")],
-            env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            [
+                CLI,
+                "serve",
+                "--grpc-port",
+                "0",
+                "--port-file",
+                str(root / "port"),
+                "--base-workspace",
+                str(root / "ws"),
+            ],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
     gw = McpGateway(proc, root)
@@ -205,8 +216,11 @@ async def test_every_tool(transport: str, mcp_fronts: Mcp) -> None:
         assert [f["path"] for f in listing["files"]] == ["d/a.txt"]
 
         run = await mcp.call_tool(
-            "run.python", {"code": "import sys; print(open('d/a.txt').read().upper()); "
-                                   "print('warn', file=sys.stderr); sys.exit(3)"}
+            "run.python",
+            {
+                "code": "import sys; print(open('d/a.txt').read().upper()); "
+                "print('warn', file=sys.stderr); sys.exit(3)"
+            },
         )
         assert run.structured_content["stdout"] == "ONE\n\n"
         assert run.structured_content["exit_code"] == 3
@@ -217,11 +231,20 @@ async def test_every_tool(transport: str, mcp_fronts: Mcp) -> None:
 
         # Binary in, an image back: artifact.get and a whole-file base64 fs.read.
         png = tiny_png()
-        await call_ok(mcp, "fs.write", {"path": "img/dot.png", "encoding": "base64",
-                                        "contents": base64.b64encode(png).decode()})
-        for tool, args in (("artifact.get", {"path": "img/dot.png"}),
-                           ("artifact.get", {"artifact_id": "img/dot.png"}),
-                           ("fs.read", {"path": "img/dot.png", "encoding": "base64"})):
+        await call_ok(
+            mcp,
+            "fs.write",
+            {
+                "path": "img/dot.png",
+                "encoding": "base64",
+                "contents": base64.b64encode(png).decode(),
+            },
+        )
+        for tool, args in (
+            ("artifact.get", {"path": "img/dot.png"}),
+            ("artifact.get", {"artifact_id": "img/dot.png"}),
+            ("fs.read", {"path": "img/dot.png", "encoding": "base64"}),
+        ):
             result = await mcp.call_tool(tool, args)
             images = [c for c in result.content if isinstance(c, types.ImageContent)]
             assert len(images) == 1, (tool, result.content)
@@ -246,8 +269,9 @@ async def test_every_tool(transport: str, mcp_fronts: Mcp) -> None:
 
         await poll(finished)
         assert (await call_ok(mcp, "task.get_result", {"task_id": task_id}))["stdout"] == "42\n"
-        slow = await call_ok(mcp, "run.python",
-                             {"code": "import time; time.sleep(300)", "async": True})
+        slow = await call_ok(
+            mcp, "run.python", {"code": "import time; time.sleep(300)", "async": True}
+        )
         cancelled = await call_ok(mcp, "task.cancel", {"task_id": slow["task_id"]})
         assert cancelled["cancelled"] is True and cancelled["state"] == "cancelled"
         text = await call_error(mcp, "task.get_result", {"task_id": slow["task_id"]})
@@ -308,8 +332,9 @@ async def test_cancel_kills_the_process(transport: str, progress: bool, mcp_fron
             pass
 
         call = asyncio.ensure_future(
-            mcp.call_tool("run.python", {"code": code},
-                          progress_callback=ignore if progress else None)
+            mcp.call_tool(
+                "run.python", {"code": code}, progress_callback=ignore if progress else None
+            )
         )
 
         async def pid_written() -> bool:

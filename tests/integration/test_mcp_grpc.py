@@ -27,14 +27,21 @@ def sep1352(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ModuleTy
     (source / "mcp_sep1352.proto").write_bytes((generate.PROTO_DIR / "mcp_grpc.proto").read_bytes())
     include = Path(grpc_tools.__file__).parent / "_proto"
     status = protoc.main(
-        ["protoc", f"-I{source}", f"-I{include}", f"--python_out={out}",
-         f"--grpc_python_out={out}", str(source / "mcp_sep1352.proto")]
+        [
+            "protoc",
+            f"-I{source}",
+            f"-I{include}",
+            f"--python_out={out}",
+            f"--grpc_python_out={out}",
+            str(source / "mcp_sep1352.proto"),
+        ]
     )
     assert status == 0
     sys.path.insert(0, str(out))
     try:
-        yield importlib.import_module("mcp_sep1352_pb2"), importlib.import_module(
-            "mcp_sep1352_pb2_grpc"
+        yield (
+            importlib.import_module("mcp_sep1352_pb2"),
+            importlib.import_module("mcp_sep1352_pb2_grpc"),
         )
     finally:
         sys.path.remove(str(out))

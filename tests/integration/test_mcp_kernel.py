@@ -233,19 +233,24 @@ async def test_run_python_links_the_files_it_wrote(fronts: Fronts) -> None:
 
 
 async def test_malformed_json_rpc_and_huge_arguments(fronts: Fronts) -> None:
-    headers = {"Accept": "application/json, text/event-stream",
-               "Content-Type": "application/json"}
+    headers = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
     async with httpx.AsyncClient(base_url=fronts.base, timeout=60) as http:
-        for body, code in ((b"{not json", -32700), (b'{"jsonrpc": "2.0", "id": 1}', None),
-                           (b"[1, 2]", None)):
+        for body, code in (
+            (b"{not json", -32700),
+            (b'{"jsonrpc": "2.0", "id": 1}', None),
+            (b"[1, 2]", None),
+        ):
             response = await http.post("/mcp", content=body, headers=headers)
             assert 400 <= response.status_code < 500, response.text
             error = response.json()["error"]
             assert isinstance(error["code"], int) and error["message"]
             if code is not None:
                 assert error["code"] == code
-        big = b'{"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"x": "' + (
-            b"x" * 6_000_000) + b'"}}'
+        big = (
+            b'{"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"x": "'
+            + (b"x" * 6_000_000)
+            + b'"}}'
+        )
         response = await http.post("/mcp", content=big, headers=headers)
         assert response.status_code == 413
         assert "request too large" in response.json()["error"]["message"]
@@ -288,16 +293,24 @@ async def test_two_connections_drive_one_session_at_once(fronts: Fronts) -> None
         session_id = await fronts.session_id(one)
 
         def code(name: str) -> str:
-            return (f"total = sum(range(200_000))\nopen('{name}.txt', 'w').write(str(total))\n"
-                    f"print('{name}', total)")
+            return (
+                f"total = sum(range(200_000))\nopen('{name}.txt', 'w').write(str(total))\n"
+                f"print('{name}', total)"
+            )
 
         results = await asyncio.gather(
-            *(mcp.call_tool("run.python", {"code": code(name), "session_id": session_id})
-              for mcp, name in ((one, "one"), (two, "two"), (one, "three"), (two, "four")))
+            *(
+                mcp.call_tool("run.python", {"code": code(name), "session_id": session_id})
+                for mcp, name in ((one, "one"), (two, "two"), (one, "three"), (two, "four"))
+            )
         )
         for result, name in zip(results, ("one", "two", "three", "four"), strict=True):
             assert not result.is_error, text_of(result)
             assert result.structured_content["stdout"] == f"{name} 19999900000\n"
         listing = await call_ok(two, "fs.list", {"session_id": session_id})
-        assert {f["path"] for f in listing["files"]} == {"one.txt", "two.txt", "three.txt",
-                                                        "four.txt"}
+        assert {f["path"] for f in listing["files"]} == {
+            "one.txt",
+            "two.txt",
+            "three.txt",
+            "four.txt",
+        }

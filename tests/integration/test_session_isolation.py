@@ -18,8 +18,9 @@ def passwd_untouched() -> bool:
         return "root::0:0::/:/bin/sh" not in f.read() and "codegen-owned" not in os.listdir("/etc")
 
 
-async def expect(code: ErrorCode, client: AsyncClient, tool: str, args: dict[str, Any],
-                 session: str) -> CodegenError:
+async def expect(
+    code: ErrorCode, client: AsyncClient, tool: str, args: dict[str, Any], session: str
+) -> CodegenError:
     with pytest.raises(CodegenError) as exc_info:
         await client.call(tool, args, session_id=session)
     assert exc_info.value.code == code, f"{tool} {args}: {exc_info.value}"
@@ -35,14 +36,24 @@ async def test_sessions_do_not_see_each_other(client: AsyncClient, new_session: 
     listed = await client.call("fs.list", {"recursive": True}, session_id=b)
     assert all("secret" not in f["path"] for f in listed.structured["files"])
 
-    for escape in (f"../{a}", f"../../{a}", f"../../{a}/workspace/secret/a.txt",
-                   f"secret/../../../{a}/workspace/secret/a.txt"):
+    for escape in (
+        f"../{a}",
+        f"../../{a}",
+        f"../../{a}/workspace/secret/a.txt",
+        f"secret/../../../{a}/workspace/secret/a.txt",
+    ):
         await expect(ErrorCode.PERMISSION_DENIED, client, "fs.read", {"path": escape}, b)
         await expect(ErrorCode.PERMISSION_DENIED, client, "fs.list", {"path": escape}, b)
-        await expect(ErrorCode.PERMISSION_DENIED, client, "fs.write",
-                     {"path": escape, "contents": "overwritten by B"}, b)
-        await expect(ErrorCode.PERMISSION_DENIED, client, "fs.delete",
-                     {"path": escape, "recursive": True}, b)
+        await expect(
+            ErrorCode.PERMISSION_DENIED,
+            client,
+            "fs.write",
+            {"path": escape, "contents": "overwritten by B"},
+            b,
+        )
+        await expect(
+            ErrorCode.PERMISSION_DENIED, client, "fs.delete", {"path": escape, "recursive": True}, b
+        )
 
     # Same name, different sessions: each sees its own.
     await client.call("fs.write", {"path": "secret/a.txt", "contents": "B's\n"}, session_id=b)
@@ -50,8 +61,9 @@ async def test_sessions_do_not_see_each_other(client: AsyncClient, new_session: 
     assert read_a.structured["contents"] == SECRET
 
 
-async def test_symlinks_made_by_code_do_not_escape(client: AsyncClient, session: str,
-                                                   h: Any) -> None:
+async def test_symlinks_made_by_code_do_not_escape(
+    client: AsyncClient, session: str, h: Any
+) -> None:
     made = await h.run(
         session,
         "import os\n"
@@ -69,12 +81,15 @@ async def test_symlinks_made_by_code_do_not_escape(client: AsyncClient, session:
     err = await expect(denied, client, "fs.read", {"path": "evil/passwd"}, session)
     assert "evil" in err.message
     await expect(denied, client, "fs.list", {"path": "evil"}, session)
-    await expect(denied, client, "fs.write", {"path": "evil/codegen-owned", "contents": "x"},
-                 session)
-    await expect(denied, client, "fs.write", {"path": "pw", "contents": "root::0:0::/:/bin/sh"},
-                 session)
-    await expect(denied, client, "fs.write", {"path": "pw", "contents": "x", "append": True},
-                 session)
+    await expect(
+        denied, client, "fs.write", {"path": "evil/codegen-owned", "contents": "x"}, session
+    )
+    await expect(
+        denied, client, "fs.write", {"path": "pw", "contents": "root::0:0::/:/bin/sh"}, session
+    )
+    await expect(
+        denied, client, "fs.write", {"path": "pw", "contents": "x", "append": True}, session
+    )
     await expect(denied, client, "run.python", {"file": "evil/passwd"}, session)
     assert passwd_untouched()
 

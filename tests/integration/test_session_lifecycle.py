@@ -16,8 +16,7 @@ WAIT_FOR_GO = (
 
 
 async def test_metadata_get_merge_replace(client: AsyncClient, new_session: Any) -> None:
-    sid = await new_session(metadata={"owner": "alice", "purpose": "tests"},
-                            env={"GREETING": "hi"})
+    sid = await new_session(metadata={"owner": "alice", "purpose": "tests"}, env={"GREETING": "hi"})
     info = await client.get_session(sid)
     assert info["metadata"] == {"owner": "alice", "purpose": "tests"}
     assert info["env"] == {"GREETING": "hi"}
@@ -34,8 +33,9 @@ async def test_metadata_get_merge_replace(client: AsyncClient, new_session: Any)
     assert cleared == {}
     assert (await client.get_session(sid))["metadata"] == {}
 
-    run = await client.call("run.python", {"code": "import os; print(os.environ['GREETING'])"},
-                            session_id=sid)
+    run = await client.call(
+        "run.python", {"code": "import os; print(os.environ['GREETING'])"}, session_id=sid
+    )
     assert run.structured["stdout"] == "hi\n"
 
 
@@ -47,8 +47,7 @@ async def test_states_ready_busy_idle(client: AsyncClient, new_session: Any, h: 
     listed = {s["session_id"]: s for s in await client.list_sessions()}
     assert listed[sid]["state"] == "ready"
 
-    started = await client.call("run.python", {"code": WAIT_FOR_GO}, session_id=sid,
-                                run_async=True)
+    started = await client.call("run.python", {"code": WAIT_FOR_GO}, session_id=sid, run_async=True)
     await h.wait_for_file(sid, "started")
 
     async def busy() -> bool:

@@ -32,15 +32,17 @@ async def test_output_streams_before_the_result(client: AsyncClient, session: st
     stdout = b""
     stderr = b""
     result = None
-    async for event in client.stream("run.python", {"code": HANDSHAKE, "timeout_seconds": 120},
-                                     session_id=session):
+    async for event in client.stream(
+        "run.python", {"code": HANDSHAKE, "timeout_seconds": 120}, session_id=session
+    ):
         kind = event.WhichOneof("event")
         kinds.append(kind)
         if kind == "output":
             if event.output.stream == "stdout":
                 if not stdout:
-                    await client.call("fs.write", {"path": "go", "contents": ""},
-                                      session_id=session)
+                    await client.call(
+                        "fs.write", {"path": "go", "contents": ""}, session_id=session
+                    )
                 stdout += event.output.data
             else:
                 stderr += event.output.data
@@ -74,8 +76,9 @@ async def test_install_reports_progress(client: AsyncClient, session: str) -> No
     assert kinds.index("progress") < kinds.index("result")
     names = [p["name"] for p in from_struct(final.structured)["installed"]]
     assert "six" in names
-    run = await client.call("run.python", {"code": "import six; print(six.PY3)"},
-                            session_id=session)
+    run = await client.call(
+        "run.python", {"code": "import six; print(six.PY3)"}, session_id=session
+    )
     assert run.structured["stdout"] == "True\n"
 
 
@@ -94,16 +97,14 @@ async def test_stream_errors_are_statuses(client: AsyncClient, session: str) -> 
         assert exc_info.value.code == code, (tool, args, exc_info.value)
 
 
-async def test_client_going_away_kills_the_run(client: AsyncClient, session: str,
-                                               h: Any) -> None:
+async def test_client_going_away_kills_the_run(client: AsyncClient, session: str, h: Any) -> None:
     code = (
         "import os, time\n"
         "open('streamer.pid', 'w').write(f'{os.getpid()}\\n')\n"
         "print('started', flush=True)\n"
         "time.sleep(300)\n"
     )
-    stream = client.stream("run.python", {"code": code, "timeout_seconds": 600},
-                           session_id=session)
+    stream = client.stream("run.python", {"code": code, "timeout_seconds": 600}, session_id=session)
     first = await asyncio.wait_for(anext(stream), timeout=120)
     assert first.WhichOneof("event") == "output"
     pid = int(await h.wait_for_file(session, "streamer.pid"))

@@ -15,12 +15,14 @@ HELLO = "import sys\nprint('hello from', sys.argv[1])\n"
 
 
 async def test_write_run_install_import_list(client: AsyncClient, session: str) -> None:
-    written = await client.call("fs.write", {"path": "hello.py", "contents": HELLO},
-                                session_id=session)
+    written = await client.call(
+        "fs.write", {"path": "hello.py", "contents": HELLO}, session_id=session
+    )
     assert written.structured == {"path": "hello.py", "bytes_written": len(HELLO)}
 
-    run = await client.call("run.python", {"file": "hello.py", "args": ["tour"]},
-                            session_id=session)
+    run = await client.call(
+        "run.python", {"file": "hello.py", "args": ["tour"]}, session_id=session
+    )
     assert not run.is_error
     assert run.structured["stdout"] == "hello from tour\n"
     assert run.structured["exit_code"] == 0
@@ -36,7 +38,8 @@ async def test_write_run_install_import_list(client: AsyncClient, session: str) 
     assert "iniconfig" in [p["name"] for p in install.structured["installed"]]
 
     after = await client.call(
-        "run.python", {"code": "import iniconfig; print(iniconfig.IniConfig.__name__)"},
+        "run.python",
+        {"code": "import iniconfig; print(iniconfig.IniConfig.__name__)"},
         session_id=session,
     )
     assert after.structured["stdout"] == "IniConfig\n", after.structured["stderr"]
@@ -53,8 +56,12 @@ async def test_write_run_install_import_list(client: AsyncClient, session: str) 
 
 async def cli(target: str, *args: str) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
-        CLI, *args, "--target", target,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        CLI,
+        *args,
+        "--target",
+        target,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     out, err = await asyncio.wait_for(proc.communicate(), timeout=180)
     assert proc.returncode is not None
@@ -62,8 +69,9 @@ async def cli(target: str, *args: str) -> tuple[int, str, str]:
 
 
 async def cli_call(target: str, session: str, tool: str, args: dict[str, Any]) -> dict[str, Any]:
-    code, out, err = await cli(target, "call", tool, "--session", session, "--json",
-                               json.dumps(args))
+    code, out, err = await cli(
+        target, "call", tool, "--session", session, "--json", json.dumps(args)
+    )
     assert code == 0, f"codegen-ray call {tool} exited {code}: {err}"
     parsed = json.loads(out)
     assert isinstance(parsed, dict)
@@ -82,12 +90,26 @@ async def test_cli_call(gateway: Any, session: str) -> None:
     listed = await cli_call(target, session, "fs.list", {})
     assert "hello.py" in [f["path"] for f in listed["files"]]
 
-    code, out, err = await cli(target, "call", "fs.read", "--session", session, "--json",
-                               json.dumps({"path": "missing.txt"}))
+    code, out, err = await cli(
+        target,
+        "call",
+        "fs.read",
+        "--session",
+        session,
+        "--json",
+        json.dumps({"path": "missing.txt"}),
+    )
     assert code != 0
     assert "NOT_FOUND" in err
 
-    code, out, err = await cli(target, "call", "run.python", "--session", session, "--json",
-                               json.dumps({"code": "raise SystemExit(3)"}))
+    code, out, err = await cli(
+        target,
+        "call",
+        "run.python",
+        "--session",
+        session,
+        "--json",
+        json.dumps({"code": "raise SystemExit(3)"}),
+    )
     assert code == 0, "a program's own exit code is a result, not a tool failure"
     assert json.loads(out)["exit_code"] == 3

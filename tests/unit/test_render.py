@@ -13,8 +13,14 @@ def test_run_text_shows_stderr_and_exit_code_only_when_they_matter() -> None:
 
 
 def test_run_text_explains_timeouts_and_truncation() -> None:
-    result = {"stdout": "x", "stderr": "", "exit_code": -15, "timed_out": True,
-              "truncated": True, "duration_ms": 1000}
+    result = {
+        "stdout": "x",
+        "stderr": "",
+        "exit_code": -15,
+        "timed_out": True,
+        "truncated": True,
+        "duration_ms": 1000,
+    }
     text = render_text("run.python", result)
     assert "timed out" in text and "truncated" in text
 
@@ -28,11 +34,22 @@ def test_struct_round_trip_restores_integers() -> None:
 
 def test_kernel_text_shows_output_value_error_and_notes() -> None:
     result = {
-        "stdout": "printed\n", "stderr": "", "result": None, "outputs": [],
-        "error": {"ename": "ZeroDivisionError", "evalue": "division by zero",
-                  "traceback": ["-----", "Cell In[2], line 1\n----> 1 1/0",
-                                "ZeroDivisionError: division by zero"]},
-        "message": "", "state_lost": False, "timed_out": False,
+        "stdout": "printed\n",
+        "stderr": "",
+        "result": None,
+        "outputs": [],
+        "error": {
+            "ename": "ZeroDivisionError",
+            "evalue": "division by zero",
+            "traceback": [
+                "-----",
+                "Cell In[2], line 1\n----> 1 1/0",
+                "ZeroDivisionError: division by zero",
+            ],
+        },
+        "message": "",
+        "state_lost": False,
+        "timed_out": False,
     }
     text = render_text("kernel.execute", result)
     assert text.startswith("printed\n")

@@ -16,8 +16,19 @@ def test_every_tool_publishes_object_schemas() -> None:
 
 
 def test_design_tool_names_are_registered() -> None:
-    expected = {"echo", "fs.read", "fs.write", "fs.list", "fs.delete", "run.python",
-                "pkg.install", "pkg.list", "task.get_status", "task.get_result", "task.cancel"}
+    expected = {
+        "echo",
+        "fs.read",
+        "fs.write",
+        "fs.list",
+        "fs.delete",
+        "run.python",
+        "pkg.install",
+        "pkg.list",
+        "task.get_status",
+        "task.get_result",
+        "task.cancel",
+    }
     assert expected <= set(TOOLS)
 
 
@@ -58,7 +69,11 @@ def test_packages_accept_a_space_separated_string() -> None:
 def test_errors_survive_pickling_as_ray_does() -> None:
     error = CodegenError(ErrorCode.UNAVAILABLE, "node lost", retriable=True)
     clone = pickle.loads(pickle.dumps(error))
-    assert (clone.code, clone.message, clone.retriable) == (ErrorCode.UNAVAILABLE, "node lost", True)
+    assert (clone.code, clone.message, clone.retriable) == (
+        ErrorCode.UNAVAILABLE,
+        "node lost",
+        True,
+    )
     assert str(clone) == "UNAVAILABLE: node lost"
 
 
