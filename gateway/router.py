@@ -340,11 +340,18 @@ class SessionRouter:
         entry = self.sessions.get(session_id)
         if entry is None or (lost is not None and entry.handle is not lost.handle):
             return  # already recovered by someone else
-        if lost is not None and not await self._confirm_lost(entry):
-            return  # a transient error: the actor still answers, nothing to restore
+        if lost is not None:
+            if not await self._confirm_lost(entry):
+                return  # a transient error: the actor still answers, nothing to restore
+            # While we looked, the node watcher may have started (or finished) the restore.
+            pending = self._restoring.get(session_id)
+            if pending is not None:
+                return await asyncio.shield(pending)
+            if self.sessions.get(session_id) is not entry:
+                return
 
         async def work() -> None:
-            del self.sessions[session_id]
+            self.sessions.pop(session_id, None)
             store = self._require_store()
             manifest = await asyncio.to_thread(store.latest, session_id)
             if manifest is None:
