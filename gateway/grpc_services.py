@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import wraps
 from typing import Any, TypeVar
@@ -10,7 +11,7 @@ from typing import Any, TypeVar
 import grpc
 
 from codegen_ray import __version__
-from codegen_ray.errors import CodegenError
+from codegen_ray.errors import CodegenError, ErrorCode
 from codegen_ray.proto import codegen_pb2 as pb
 from codegen_ray.proto import codegen_pb2_grpc as pb_grpc
 from codegen_ray.protoconv import from_struct, session_to_proto, to_struct
@@ -21,6 +22,7 @@ from gateway.dispatch import Dispatcher, ToolOutcome
 from gateway.driver import RayConnection
 from gateway.errors import abort
 
+log = logging.getLogger(__name__)
 R = TypeVar("R")
 Handler = Callable[..., Awaitable[R]]
 
@@ -35,6 +37,15 @@ def _errors_to_status(handler: Handler[R]) -> Handler[R]:
         except CodegenError as exc:
             await abort(context, exc)
             raise  # unreachable: abort raises
+        except (asyncio.CancelledError, grpc.aio.AbortError):
+            raise
+        except Exception:  # a bug of ours: log it whole, tell the client no more than that
+            log.exception("%s failed", handler.__name__)
+            error = CodegenError(
+                ErrorCode.INTERNAL, f"{handler.__name__} failed inside the gateway (see its log)"
+            )
+            await abort(context, error)
+            raise
 
     return wrapper
 
