@@ -15,7 +15,7 @@ from actors.metrics import session_metrics, timed
 from codegen_ray.checkpoint import Manifest, open_checkpoint_store
 from codegen_ray.config import CheckpointPolicy, Settings
 from codegen_ray.errors import CodegenError, ErrorCode
-from codegen_ray.isolation import probe_isolation
+from codegen_ray.isolation import UidLease, policy_for, probe_isolation
 from codegen_ray.kernel import KernelRuntime
 from codegen_ray.process import ProcessRunner
 from codegen_ray.session import (
@@ -39,17 +39,25 @@ class SessionActor:
         self, session_id: str, session_dir: str, node_id: str, worker_id: str, settings: Settings
     ) -> None:
         self.settings = settings
-        runner = ProcessRunner(probe_isolation())
-        venvs = VenvManager(runner, cache_dir=settings.resolved_uv_cache_dir())
+        kernel_root = settings.state_dir / "kernel-runtime"
+        choice = probe_isolation(
+            settings.isolation, reachable=[Path(session_dir).parent, kernel_root]
+        )
+        self.uid_lease = UidLease(session_id, settings.isolation) if choice.tier == "uid" else None
+        owner = self.uid_lease.owner if self.uid_lease is not None else None
+        # Installs run as root (the uv cache is root's); the session's code as its uid.
+        root_tier = "rlimits" if choice.tier == "uid" else choice.tier
+        installer = ProcessRunner(policy_for(choice._replace(tier=root_tier)))
+        venvs = VenvManager(
+            installer, cache_dir=settings.resolved_uv_cache_dir(), python=choice.python
+        )
         self.runtime = SessionRuntime(
             session_id,
             Path(session_dir),
-            runner=runner,
+            runner=ProcessRunner(policy_for(choice, owner)),
             venvs=venvs,
             limits=settings.limits,
-            kernel_runtime=KernelRuntime(
-                settings.state_dir / "kernel-runtime", runner=runner, venvs=venvs
-            ),
+            kernel_runtime=KernelRuntime(kernel_root, runner=installer, venvs=venvs),
         )
         self.info_ = SessionInfo(
             session_id=session_id,
@@ -201,7 +209,9 @@ class SessionActor:
     async def restore(self, checkpoint_id: str) -> dict[str, Any]:
         """Make this (fresh) session hold the checkpoint's files, packages, env and metadata."""
         manifest = await asyncio.to_thread(self.store.get, checkpoint_id)
-        await asyncio.to_thread(self.store.restore_files, manifest, self.runtime.workspace_dir)
+        await asyncio.to_thread(
+            self.store.restore_files, manifest, self.runtime.workspace_dir, self.runtime.owner
+        )
         if manifest.packages:
             await self.runtime.venvs.sync(
                 self.runtime.venv_dir, manifest.packages, limits=self.runtime.limits
@@ -245,6 +255,8 @@ class SessionActor:
         await asyncio.gather(*tasks, return_exceptions=True)
         await self.runtime.close_kernel()
         await asyncio.to_thread(self.runtime.destroy)
+        if self.uid_lease is not None:
+            self.uid_lease.release()
         self.info_.state = SessionState.DESTROYED
 
     def pid(self) -> int:

@@ -277,8 +277,13 @@ class CheckpointStore:
         ids = self._ids(session_id)
         return self.get(ids[-1]) if ids else None
 
-    def restore_files(self, manifest: Manifest, dest: Path) -> None:
-        """Make ``dest`` hold exactly the checkpoint's files, or leave it untouched."""
+    def restore_files(
+        self, manifest: Manifest, dest: Path, owner: tuple[int, int] | None = None
+    ) -> None:
+        """Make ``dest`` hold exactly the checkpoint's files, or leave it untouched.
+
+        With ``owner`` (uid, gid) the restored tree is theirs and ``dest`` mode 0700.
+        """
         for f in manifest.files:
             p = PurePosixPath(f.path)
             if p.is_absolute() or ".." in p.parts or not f.path or str(p) != f.path:
@@ -293,6 +298,8 @@ class CheckpointStore:
             raise _local_error(f"restore into {dest}", e) from e
         try:
             _parallel(lambda f: self._restore_one(manifest, f, staging), manifest.files)
+            if owner is not None:
+                _give(staging, owner)
             _swap(staging, dest, dest.parent / f".{dest.name}.old-{token}")
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
@@ -445,3 +452,12 @@ class SessionMarkers:
 def open_checkpoint_store(settings: Settings) -> CheckpointStore:
     blobs = open_blob_store(settings.resolved_store_uri(), settings.checkpoint)
     return CheckpointStore(blobs, keep_last=settings.checkpoint.keep_last)
+
+
+def _give(root: Path, owner: tuple[int, int]) -> None:
+    """chown a freshly restored tree (no symlinks in it: only files are restored)."""
+    os.chmod(root, 0o700)
+    for top, dirs, files in os.walk(root):
+        for name in (*dirs, *files):
+            os.lchown(os.path.join(top, name), *owner)
+    os.lchown(root, *owner)

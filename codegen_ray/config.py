@@ -11,6 +11,7 @@ from __future__ import annotations
 import socket
 from enum import StrEnum
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -67,6 +68,17 @@ class CheckpointSettings(BaseModel):
     s3_secret_access_key: str = ""
 
 
+class IsolationSettings(BaseModel):
+    tier: Literal["auto", "rlimits", "uid"] = Field(
+        "auto", description="auto: the strongest that works here; uid fails start if it cannot."
+    )
+    uid_base: int = Field(200000, gt=0, description="First uid/gid handed to sessions.")
+    uid_count: int = Field(65536, ge=1, description="How many uids sessions may use.")
+    uid_lock_dir: Path = Field(
+        Path("/run/codegen-ray/uids"), description="Per-uid lock files of the live sessions."
+    )
+
+
 class RaySettings(BaseModel):
     namespace: str = "codegen"
     num_cpus: int | None = None
@@ -103,6 +115,7 @@ class Settings(BaseSettings):
     limits: Limits = Limits()
     session: SessionSettings = SessionSettings()
     checkpoint: CheckpointSettings = CheckpointSettings()
+    isolation: IsolationSettings = IsolationSettings()
     ray: RaySettings = RaySettings()
 
     def node_worker_id(self) -> str:

@@ -2,7 +2,7 @@
 
 Tiers, weakest first: none -> rlimits -> own uid per session -> bubblewrap.
 :func:`probe_isolation` picks the strongest one available on this machine, once, at
-start. Only the first two exist yet; the others plug in through the same two hooks:
+start. Three exist; bubblewrap will plug in through the same two hooks:
 ``wrap_argv`` (bwrap puts itself in front of the command) and ``popen_kwargs``
 (the own-uid tier passes ``user=``/``group=``/``extra_groups=``). Never ``preexec_fn``:
 it is not safe in threaded processes, and Ray workers are threaded.
@@ -17,13 +17,21 @@ session kill and orphan sweep. The own-uid tier makes NPROC and the hard limits 
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
+import logging
 import os
+import stat
+import subprocess
 import sys
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from typing import Any, ClassVar, Literal
+from pathlib import Path
+from typing import Any, ClassVar, Literal, NamedTuple
 
-from codegen_ray.config import Limits
+from codegen_ray.config import IsolationSettings, Limits
+
+log = logging.getLogger(__name__)
 
 _PRLIMIT_CANDIDATES = ("/usr/bin/prlimit", "/bin/prlimit")
 
@@ -58,6 +66,11 @@ class IsolationPolicy(ABC):
         """Extra ``subprocess.Popen`` arguments; the runner's own (pipes, env, cwd,
         session) take precedence over these."""
         return {}
+
+    @property
+    def owner(self) -> tuple[int, int] | None:
+        """(uid, gid) the command runs as, when not this process's own."""
+        return None
 
 
 class NoIsolation(IsolationPolicy):
@@ -116,13 +129,179 @@ class RlimitIsolation(IsolationPolicy):
         return [sys.executable, "-I", "-S", "-c", _LAUNCHER, *specs, "--", *argv]
 
 
-def probe_isolation() -> IsolationPolicy:
-    """The strongest tier this machine supports.
+class UidIsolation(IsolationPolicy):
+    """Runs the command as a uid and gid of its own, with no supplementary groups.
 
-    Stronger tiers are probed here first once they exist (bubblewrap, then own uid).
+    The rlimit launcher still goes in front (``inner``); under a non-root uid the hard
+    limits and RLIMIT_NPROC bind. The uid needs no /etc/passwd entry.
     """
+
+    name = "uid"
+
+    def __init__(self, uid: int, gid: int, inner: IsolationPolicy | None = None) -> None:
+        if uid <= 0 or gid <= 0:
+            raise ValueError(f"a session uid/gid must not be root: {uid}/{gid}")
+        self.uid = uid
+        self.gid = gid
+        self.inner = inner or RlimitIsolation()
+
+    @property
+    def owner(self) -> tuple[int, int] | None:
+        return self.uid, self.gid
+
+    def wrap_argv(self, argv: Sequence[str], limits: Limits) -> list[str]:
+        return self.inner.wrap_argv(argv, limits)
+
+    def popen_kwargs(self, limits: Limits) -> dict[str, Any]:
+        return {
+            **self.inner.popen_kwargs(limits),
+            "user": self.uid,
+            "group": self.gid,
+            "extra_groups": [],
+        }
+
+
+class IsolationChoice(NamedTuple):
+    """What :func:`probe_isolation` found: the tier, and for the own-uid tier the
+    interpreter session venvs are made from (one the session uids can execute)."""
+
+    tier: Literal["none", "rlimits", "uid"]
+    python: str
+    reason: str = ""  # why a weaker tier than asked for, if so
+
+
+# The uid probed with; never handed to a session (sessions get base .. base+count-1).
+def spare_uid(settings: IsolationSettings) -> int:
+    return settings.uid_base + settings.uid_count
+
+
+_REACH = "import os, sys\nfor p in sys.argv[1:]: os.stat(os.path.join(p, '.'))\n"
+
+
+def run_as(uid: int, gid: int, argv: Sequence[str], timeout: float = 20.0) -> bool:
+    """True if ``argv`` runs to exit status 0 as ``uid``/``gid``."""
+    try:
+        done = subprocess.run(
+            list(argv),
+            user=uid,
+            group=gid,
+            extra_groups=[],
+            env={"PATH": "/usr/bin:/bin"},
+            cwd="/",
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=timeout,
+            check=False,
+        )
+    except (OSError, ValueError, subprocess.SubprocessError):
+        return False
+    return done.returncode == 0
+
+
+def _existing(path: Path) -> Path:
+    path = path.absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def probe_isolation(
+    settings: IsolationSettings | None = None,
+    *,
+    python: str = sys.executable,
+    reachable: Sequence[Path] = (),
+) -> IsolationChoice:
+    """The strongest tier this machine supports, or the one ``settings.tier`` forces.
+
+    The own-uid tier needs root, a working setuid for a child, an interpreter the
+    session uids can execute (``python``, else the system's of the same version), and
+    ``reachable`` (the workspace base, the kernel runtime) traversable by them: a
+    0700 ancestor such as /root hides them. ``tier="uid"`` raises when it cannot work.
+    """
+    settings = settings or IsolationSettings()
     try:
         import resource  # noqa: F401  (absent off POSIX)
     except ImportError:
+        return IsolationChoice("none", python, "no rlimits off POSIX")
+    if settings.tier == "rlimits":
+        return IsolationChoice("rlimits", python)
+    reason = _uid_tier_blocker(settings, python, reachable)
+    if isinstance(reason, tuple):
+        return IsolationChoice("uid", reason[0])
+    if settings.tier == "uid":
+        raise RuntimeError(f"isolation tier 'uid' was asked for but cannot work: {reason}")
+    log.warning("isolation: own-uid tier unavailable (%s); using rlimits", reason)
+    return IsolationChoice("rlimits", python, reason)
+
+
+def _uid_tier_blocker(
+    settings: IsolationSettings, python: str, reachable: Sequence[Path]
+) -> str | tuple[str]:
+    """The interpreter to use (a 1-tuple), or why the own-uid tier cannot work."""
+    if os.geteuid() != 0:
+        return "not running as root"
+    uid = spare_uid(settings)
+    if not run_as(uid, uid, ["/bin/true"]):
+        return f"cannot run a child as uid {uid}"
+    paths = [str(_existing(Path(p))) for p in reachable]
+    same_version = f"/usr/bin/python{sys.version_info.major}.{sys.version_info.minor}"
+    for candidate in dict.fromkeys((python, same_version)):
+        if os.access(candidate, os.X_OK) and run_as(
+            uid, uid, [candidate, "-I", "-S", "-c", _REACH, *paths]
+        ):
+            return (candidate,)
+    return (
+        f"uid {uid} cannot run {python} (nor {same_version}) or reach {paths}; "
+        "is an ancestor directory mode 0700?"
+    )
+
+
+def policy_for(choice: IsolationChoice, owner: tuple[int, int] | None = None) -> IsolationPolicy:
+    """The policy running a session's code: ``owner`` is its (uid, gid) on the uid tier."""
+    if choice.tier == "none":
         return NoIsolation()
+    if choice.tier == "uid":
+        if owner is None:
+            raise ValueError("the uid tier needs the session's (uid, gid)")
+        return UidIsolation(*owner)
     return RlimitIsolation()
+
+
+class UidLease:
+    """A session uid held for the life of this process: an exclusive flock on
+    ``<lock_dir>/<uid>``, which the kernel drops when the process dies, so a crashed
+    session frees its uid and two live sessions on a node never share one.
+
+    The search starts at a stable hash of the session id, so a uid is rarely reused
+    soon (whatever a previous holder left in /tmp stays its own).
+    """
+
+    def __init__(self, session_id: str, settings: IsolationSettings) -> None:
+        lock_dir = Path(settings.uid_lock_dir)
+        lock_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        st = lock_dir.lstat()
+        if st.st_uid != os.geteuid() or stat.S_IMODE(st.st_mode) & 0o022:
+            raise RuntimeError(f"{lock_dir} must be ours and not group/world-writable")
+        start = int(hashlib.sha256(session_id.encode()).hexdigest(), 16) % settings.uid_count
+        for i in range(settings.uid_count):
+            uid = settings.uid_base + (start + i) % settings.uid_count
+            fd = os.open(lock_dir / str(uid), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                continue
+            self.uid = self.gid = uid
+            self._fd = fd
+            return
+        raise RuntimeError(f"all {settings.uid_count} session uids are taken")
+
+    @property
+    def owner(self) -> tuple[int, int]:
+        return self.uid, self.gid
+
+    def release(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1

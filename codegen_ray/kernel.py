@@ -125,7 +125,9 @@ class KernelRuntime:
                 if not target.is_dir():
                     await self._install(target, venv_dir)
         _write_pth(venv_dir)
-        self.run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # 0711: a kernel running as a session uid reaches its own subdirectory, lists none.
+        self.run_dir.mkdir(mode=0o711, parents=True, exist_ok=True)
+        os.chmod(self.run_dir, 0o711)
         return target
 
     async def _install(self, target: Path, venv_dir: Path) -> None:
@@ -186,9 +188,17 @@ def _write_pth(venv_dir: Path) -> None:
 class _Manager(AsyncKernelManager):
     """A kernel manager with a spec given in code rather than found on disk."""
 
-    def __init__(self, spec: KernelSpec, **kwargs: Any) -> None:
+    def __init__(
+        self, spec: KernelSpec, owner: tuple[int, int] | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         self._given_spec = spec
+        self._owner = owner
+
+    def write_connection_file(self, **kwargs: Any) -> None:
+        super().write_connection_file(**kwargs)
+        if self._owner is not None:  # the kernel, running as the session uid, reads it
+            os.chown(self.connection_file, *self._owner)
 
     @property
     def kernel_spec(self) -> KernelSpec:
@@ -352,7 +362,10 @@ class SessionKernel:
         run_dir = self.runtime.run_dir
         files = run_dir / marker
         files.mkdir(mode=0o700)
-        km = _Manager(spec, kernel_name="codegen-session")
+        owner = self.isolation.owner
+        if owner is not None:
+            os.chown(files, *owner)
+        km = _Manager(spec, owner, kernel_name="codegen-session")
         # Unix sockets in a private directory: no ports to race for, nothing on the
         # network, and they can be bind-mounted into a sandbox with no network.
         km.transport = "ipc"
@@ -371,7 +384,13 @@ class SessionKernel:
         log = files / "kernel.log"
         sink = await asyncio.to_thread(open, log, "wb")
         try:
-            await km.start_kernel(cwd=str(self.cwd), env=env, stdout=sink, stderr=sink)
+            await km.start_kernel(
+                cwd=str(self.cwd),
+                env=env,
+                stdout=sink,
+                stderr=sink,
+                **self.isolation.popen_kwargs(self.limits),
+            )
         finally:
             sink.close()  # the kernel holds its own copy
         kc = km.client()

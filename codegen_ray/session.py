@@ -9,6 +9,7 @@ import asyncio
 import base64
 import binascii
 import mimetypes
+import os
 import shutil
 import time
 from collections.abc import Awaitable, Callable
@@ -143,6 +144,7 @@ class SessionRuntime:
             self.workspace_dir,
             max_file_bytes=limits.max_file_bytes,
             max_read_bytes=limits.max_read_bytes,
+            owner=self.owner,
         )
         self.active_calls = 0
         self.last_activity_ms = now_ms()
@@ -161,9 +163,22 @@ class SessionRuntime:
             "kernel.restart": self._kernel_restart,
         }
 
+    @property
+    def owner(self) -> tuple[int, int] | None:
+        """(uid, gid) the session's code runs as, when it has its own."""
+        return self.runner.isolation.owner
+
     async def start(self) -> None:
+        # <id> 0711 and root's; workspace and tmp 0700 and the session uid's; the venv
+        # stays root's and world-readable (installs run as root): no other session uid
+        # can list or read the first two.
+        self.session_dir.mkdir(parents=True, exist_ok=True, mode=0o711)
+        os.chmod(self.session_dir, 0o711)
         for path in (self.workspace_dir, self.tmp_dir):
-            path.mkdir(parents=True, exist_ok=True, mode=0o700)
+            path.mkdir(exist_ok=True, mode=0o700)
+            os.chmod(path, 0o700)
+            if self.owner is not None:
+                os.chown(path, *self.owner)
         await self.venvs.create(self.venv_dir)
 
     async def prepare_kernel(self) -> None:
@@ -180,6 +195,7 @@ class SessionRuntime:
             self.workspace_dir,
             max_file_bytes=limits.max_file_bytes,
             max_read_bytes=limits.max_read_bytes,
+            owner=self.owner,
         )
 
     async def call(

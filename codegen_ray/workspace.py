@@ -142,9 +142,19 @@ def _normalize(path: str) -> list[str]:
 class Workspace:
     """File operations confined to ``root``; safe against symlinks made by sandboxed code."""
 
-    def __init__(self, root: Path, *, max_file_bytes: int, max_read_bytes: int) -> None:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        max_file_bytes: int,
+        max_read_bytes: int,
+        owner: tuple[int, int] | None = None,
+    ) -> None:
         self.root = Path(root).resolve()
         self.root.mkdir(parents=True, exist_ok=True)
+        # (uid, gid) given to what is made here, so the session's own code, running as
+        # that uid, can change it; None: files stay this process's.
+        self.owner = owner
         self.max_file_bytes = max_file_bytes
         self.max_read_bytes = max_read_bytes
         self.use_openat2 = _openat2.available  # tests turn it off to cover the fallback
@@ -331,25 +341,31 @@ class Workspace:
                 except OSError as e:
                     raise self._explain(rootfd, full, e) from None
             try:
-                return self._walk_dirs(rootfd, parts, create=create)
+                return self._walk_dirs(rootfd, parts, create=create, owner=self.owner)
             except OSError as e:
                 raise self._explain(rootfd, full, e) from None
         finally:
             os.close(rootfd)
 
     @staticmethod
-    def _walk_dirs(rootfd: int, parts: list[str], *, create: bool) -> int:
+    def _walk_dirs(
+        rootfd: int, parts: list[str], *, create: bool, owner: tuple[int, int] | None = None
+    ) -> int:
         fd = os.dup(rootfd)
         try:
             for part in parts:
+                made = False
                 if create:
                     try:
                         os.mkdir(part, 0o755, dir_fd=fd)
+                        made = True
                     except FileExistsError:
                         pass  # a directory, or something the O_NOFOLLOW open refuses
                 nfd = os.open(part, _DIR_FLAGS, dir_fd=fd)
                 os.close(fd)
                 fd = nfd
+                if made and owner is not None:
+                    os.fchown(fd, *owner)
         except BaseException:
             os.close(fd)
             raise
@@ -370,6 +386,8 @@ class Workspace:
             raise _os_error(e, rel) from None
         try:
             try:
+                if self.owner is not None:
+                    os.fchown(fd, *self.owner)
                 if current is not None:
                     os.fchmod(fd, mode)  # keep e.g. the executable bit of a replaced script
                 _write_all(fd, data)
@@ -396,6 +414,8 @@ class Workspace:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
                 raise invalid(f"{rel!r} exists and is not a regular file")
+            if self.owner is not None and st.st_uid != self.owner[0] and st.st_nlink == 1:
+                os.fchown(fd, *self.owner)  # just made by O_CREAT
             if st.st_size + len(data) > self.max_file_bytes:
                 raise exhausted(
                     f"appending {len(data)} bytes would make {rel!r} {st.st_size + len(data)} "

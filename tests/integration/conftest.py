@@ -12,9 +12,11 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -171,7 +173,7 @@ REAPING_ENV = {
 
 @pytest.fixture(scope="session")
 def gateways(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+    request: pytest.FixtureRequest,
 ) -> Iterator[dict[str, Gateway]]:
     """Launch the gateways the selected tests need at once (start-up is mostly waiting)."""
     items = request.session.items
@@ -185,15 +187,20 @@ def gateways(
         if any(fixture in getattr(item, "fixturenames", ()) for item in items)
     ]
     launched: dict[str, Gateway] = {}
+    # Not under pytest's basetemp: that is 0700 (and pytest resets it so), and sessions
+    # of the own-uid isolation tier must pass through to their workspace and venv.
+    roots = Path(tempfile.mkdtemp(prefix="codegen-it-"))
+    roots.chmod(0o711)
     try:
         for name in wanted:
-            launched[name] = launch_gateway(tmp_path_factory.mktemp(name), **configs[name])
+            launched[name] = launch_gateway(roots / name, **configs[name])
         for gw in launched.values():
             wait_ready(gw)
         yield launched
     finally:
         for gw in launched.values():
             stop_gateway(gw)
+        shutil.rmtree(roots, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -100,16 +100,52 @@ async def test_symlinks_made_by_code_do_not_escape(
     assert passwd_untouched()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="isolation tier is rlimits only: every session runs as the gateway's uid, so code "
-    "can open another session's absolute path (needs the own-uid or bubblewrap tier)",
-)
+@pytest.mark.skipif(os.geteuid() != 0, reason="the own-uid isolation tier needs root")
 async def test_code_in_one_session_cannot_read_another(
     client: AsyncClient, new_session: Any, h: Any
 ) -> None:
     a, b = await new_session(), await new_session()
     await client.call("fs.write", {"path": "a.txt", "contents": SECRET}, session_id=a)
     where = await h.run(a, "import os; print(os.path.abspath('a.txt'))")
-    stolen = await h.run(b, f"print(open({where['stdout'].strip()!r}).read(), end='')")
-    assert stolen["stdout"] != SECRET
+    path = where["stdout"].strip()
+    assert where["exit_code"] == 0 and path.endswith(f"{a}/workspace/a.txt"), where
+
+    # B's code, by absolute path: the file, A's workspace and A's tmp are all closed.
+    probe = (
+        "import os, sys\n"
+        "for p in sys.argv[1:]:\n"
+        "    try:\n"
+        "        open(p).read() if os.path.basename(p) == 'a.txt' else os.listdir(p)\n"
+        "        print('OPEN', p)\n"
+        "    except PermissionError:\n"
+        "        print('DENIED', p)\n"
+    )
+    session_a = os.path.dirname(os.path.dirname(path))
+    targets = [path, os.path.dirname(path), f"{session_a}/tmp", session_a]
+    stolen = await h.run(b, probe, args=targets)
+    assert stolen["stdout"].split("\n")[:-1] == [f"DENIED {t}" for t in targets], stolen
+    assert SECRET not in stolen["stdout"]
+
+    # A's own code still reads, changes and makes its files, fs.write's included.
+    mine = await h.run(
+        a,
+        "import os\n"
+        "print(open('a.txt').read(), end='')\n"
+        "open('a.txt', 'a').write('more\\n')\n"
+        "os.makedirs('made/by/code', exist_ok=True)\n"
+        "print(os.getuid() != 0, os.getuid() == os.stat('.').st_uid)\n",
+    )
+    assert mine["exit_code"] == 0, mine["stderr"]
+    assert mine["stdout"] == SECRET + "True True\n"
+    read = await client.call("fs.read", {"path": "a.txt"}, session_id=a)
+    assert read.structured["contents"] == SECRET + "more\n"
+
+    # Installs (as root, into the root-owned venv) still import as the session uid.
+    await client.call("pkg.install", {"packages": ["iniconfig"]}, session_id=b)
+    imported = await h.run(b, "import iniconfig, os; print(iniconfig.__name__, os.getuid() != 0)")
+    assert imported["stdout"] == "iniconfig True\n", imported
+
+    # So does the persistent kernel, running as the session's uid too.
+    steal = f"try:\n    open({path!r})\nexcept PermissionError:\n    print('denied')"
+    executed = await client.call("kernel.execute", {"code": steal}, session_id=b)
+    assert "denied" in executed.structured["stdout"], executed.structured

@@ -166,6 +166,19 @@ def test_round_trip(blobs: BlobStore, tmp_path: Path) -> None:
     assert sorted(os.listdir(dest.parent)) == ["ws"]  # no staging left behind
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root")
+def test_restore_gives_the_tree_to_an_owner(blobs: BlobStore, tmp_path: Path) -> None:
+    store = CheckpointStore(blobs)
+    make_workspace(tmp_path / "ws")
+    m = save(store, tmp_path / "ws")
+    dest = tmp_path / "dest"
+    store.restore_files(m, dest, owner=(265001, 265002))
+    assert stat.S_IMODE(dest.stat().st_mode) == 0o700
+    for path in (dest, *dest.rglob("*")):
+        st = path.lstat()
+        assert (st.st_uid, st.st_gid) == (265001, 265002), path
+
+
 def test_restore_replaces_existing_dest(blobs: BlobStore, tmp_path: Path) -> None:
     store = CheckpointStore(blobs)
     files = make_workspace(tmp_path / "ws")
