@@ -14,7 +14,6 @@ import math
 import os
 import platform
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -27,6 +26,9 @@ from typing import Any
 import click
 
 from codegen_ray.client import AsyncClient
+from codegen_ray.embedded import EmbeddedGateway
+from codegen_ray.errors import CodegenError
+from codegen_ray.procs import descendants, process_table, stat_field
 
 MiB = 1024 * 1024
 DEFAULT_ITERATIONS = 20
@@ -382,34 +384,6 @@ async def measure_create(b: Bench) -> list[Measurement]:
     ]
 
 
-def _process_table() -> dict[int, tuple[int, str]]:
-    """pid -> (ppid, cmdline) of every process visible in /proc."""
-    table = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        ppid = int(stat.rpartition(")")[2].split()[1])
-        table[int(entry.name)] = (ppid, cmdline.strip())
-    return table
-
-
-def descendants(root: int, table: dict[int, tuple[int, str]]) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for pid, (ppid, _) in table.items():
-        children.setdefault(ppid, []).append(pid)
-    out, stack = [], [root]
-    while stack:
-        for child in children.get(stack.pop(), []):
-            out.append(child)
-            stack.append(child)
-    return out
-
-
 def pss_bytes(pid: int) -> int:
     for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
         if line.startswith("Pss:"):
@@ -419,10 +393,10 @@ def pss_bytes(pid: int) -> int:
 
 def session_actor_pss(gateway_pid: int) -> list[float]:
     """PSS (MiB) per SessionActor process under the gateway, each with its own children."""
-    table = _process_table()
+    table = process_table()
     out = []
     for pid in descendants(gateway_pid, table):
-        if table[pid][1].startswith("ray::SessionActor"):
+        if table[pid].cmdline.startswith("ray::SessionActor"):
             with contextlib.suppress(OSError):
                 pids = [pid, *descendants(pid, table)]
                 out.append(sum(pss_bytes(p) for p in pids) / MiB)
@@ -709,7 +683,8 @@ async def measure_quiet_gateway(b: Bench) -> list[Measurement]:
     if b.gateway is None:
         return [Measurement("checkpoint/hibernate", "ms", None, note="needs the bench's gateway")]
     b.progress("starting a second gateway (policy=never, hibernate_after=3s)")
-    quiet = EmbeddedGateway(b.workdir / "quiet", env=QUIET_GATEWAY_ENV)
+    quiet_dir = b.workdir / "quiet"
+    quiet = EmbeddedGateway(quiet_dir, env={**gateway_env(quiet_dir), **QUIET_GATEWAY_ENV})
     quiet.workdir.mkdir()
     target = await asyncio.to_thread(quiet.start)
     try:
@@ -838,116 +813,21 @@ async def run_measurements(
 # --- the gateway the bench starts itself ---------------------------------------------------
 
 
-class EmbeddedGateway:
-    """``codegen-ray serve`` on port 0 as a subprocess, with its own state and workspaces."""
-
-    def __init__(self, workdir: Path, env: dict[str, str] | None = None) -> None:
-        self.workdir = workdir
-        self.env = env or {}
-        self.process: subprocess.Popen[bytes] | None = None
-        self.start_seconds = 0.0
-        self.stop_seconds = 0.0
-        self.stop_path = ""
-        self.orphans: list[str] = []
-
-    @property
-    def pid(self) -> int:
-        assert self.process is not None
-        return self.process.pid
-
-    def start(self, timeout: float = GATEWAY_START_SECONDS) -> str:
-        port_file = self.workdir / "grpc-port"
-        env = {k: v for k, v in os.environ.items() if k not in ("COORDINATOR_ADDR", "RAY_ADDRESS")}
-        env.update(
-            RAY_AUTH_MODE="disabled",
-            CODEGEN_RAY__INCLUDE_DASHBOARD="false",
-            CODEGEN_STATE_DIR=str(self.workdir / "state"),
-            BASE_WORKSPACE=str(self.workdir / "workspaces"),
-            CODEGEN_HTTP_PORT="0",
-            **self.env,
-        )
-        argv = [
-            sys.executable,
-            "-m",
-            "codegen_ray.cli",
-            "serve",
-            "--grpc-port",
-            "0",
-            "--port-file",
-            str(port_file),
-        ]
-        began = time.monotonic()
-        with (self.workdir / "gateway.log").open("wb") as log:
-            self.process = subprocess.Popen(
-                argv, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-            )
-        while time.monotonic() - began < timeout:
-            if port_file.exists() and port_file.read_text().strip():
-                self.start_seconds = time.monotonic() - began
-                return f"127.0.0.1:{port_file.read_text().strip()}"
-            if self.process.poll() is not None:
-                break
-            time.sleep(0.1)
-        self.stop()
-        raise click.ClickException(f"the gateway did not start; its log:\n{self.log_tail()}")
-
-    def log_tail(self, lines: int = 30) -> str:
-        path = self.workdir / "gateway.log"
-        return (
-            "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-            if path.exists()
-            else ""
-        )
-
-    def stop(self, timeout: float = GATEWAY_STOP_SECONDS) -> None:
-        """SIGINT (a clean stop), then SIGKILL the group and any Ray process it left behind."""
-        if self.process is None or self.process.poll() is not None:
-            return
-        began = time.monotonic()
-        # Ray workers run in process groups of their own: remember them to reap orphans.
-        table = _process_table()
-        tree = {pid: _start_time(pid) for pid in descendants(self.pid, table)}
-        self.process.send_signal(signal.SIGINT)
-        try:
-            self.process.wait(timeout)
-            self.stop_path = "sigint"
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.pid, signal.SIGKILL)
-            self.process.wait()
-            self.stop_path = "killpg"
-        time.sleep(0.5)
-        leftovers = [
-            pid for pid, started in tree.items() if started and _start_time(pid) == started
-        ]
-        self.orphans = sorted({table[pid][1].split(" ")[0] for pid in leftovers})
-        for pid in leftovers:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        if leftovers:
-            self.stop_path += f"+killed {len(leftovers)} orphans"
-        self.stop_seconds = time.monotonic() - began
-
-
-def _stat_field(pid: int, number: int) -> str:
-    """Field ``number`` (1-based, as in proc(5)) of /proc/<pid>/stat; '' if it is gone."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[number - 3]
-    except (OSError, IndexError):
-        return ""
-
-
-def _start_time(pid: int) -> str:
-    """Process start time, so a recycled pid is never mistaken for ours."""
-    return _stat_field(pid, 22)
+def gateway_env(workdir: Path) -> dict[str, str]:
+    """A bench gateway keeps its state and workspaces in the bench's temp dir."""
+    return {
+        "CODEGEN_RAY__INCLUDE_DASHBOARD": "false",
+        "CODEGEN_STATE_DIR": str(workdir / "state"),
+        "BASE_WORKSPACE": str(workdir / "workspaces"),
+    }
 
 
 def session_actor_nice(gateway_pid: int) -> str:
     """The nice value of the SessionActor processes (Ray renices its workers)."""
-    table = _process_table()
+    table = process_table()
     for pid in descendants(gateway_pid, table):
-        if table[pid][1].startswith("ray::SessionActor"):
-            return _stat_field(pid, 19)
+        if table[pid].cmdline.startswith("ray::SessionActor"):
+            return stat_field(pid, 19)
     return ""
 
 
@@ -995,8 +875,11 @@ def bench(target: str | None, as_json: bool, iterations: int | None, quick: bool
         gateway = None
         if target is None:
             click.echo("bench: starting an embedded gateway", err=True)
-            gateway = EmbeddedGateway(workdir)
-            target = gateway.start()
+            gateway = EmbeddedGateway(workdir, env=gateway_env(workdir))
+            try:
+                target = gateway.start(GATEWAY_START_SECONDS)
+            except CodegenError as exc:
+                raise click.ClickException(exc.message) from None
             click.echo(f"bench: gateway up at {target} in {gateway.start_seconds:.1f} s", err=True)
         started = time.monotonic()
         try:
@@ -1004,7 +887,7 @@ def bench(target: str | None, as_json: bool, iterations: int | None, quick: bool
         finally:
             if gateway is not None:
                 click.echo("bench: stopping the gateway", err=True)
-                gateway.stop()
+                gateway.stop(GATEWAY_STOP_SECONDS)
         meta.update(
             target=target,
             embedded=gateway is not None,

@@ -130,7 +130,8 @@ def _run_gateway(settings: Settings, address: str | None, port_file: Path | None
     asyncio.run(run())
     import ray
 
-    from codegen_ray.ray_node import node_processes, start_times, stop_processes
+    from codegen_ray.procs import start_times, stop_processes
+    from codegen_ray.ray_node import node_processes
 
     session = connection.session_dir if connection is not None and connection.embedded else ""
     # ray.shutdown() leaves the embedded node's agents running: note the node's processes

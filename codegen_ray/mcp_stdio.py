@@ -14,88 +14,31 @@ import contextlib
 import logging
 import os
 import signal
-import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import click
 
-log = logging.getLogger(__name__)
-
-GATEWAY_START_TIMEOUT = 120.0
+from codegen_ray.embedded import EmbeddedGateway
+from codegen_ray.errors import CodegenError
 
 
 @contextlib.contextmanager
 def embedded_gateway() -> Iterator[str]:
     """Start ``codegen-ray serve`` on free ports; yield its gRPC target; stop it on exit."""
     with tempfile.TemporaryDirectory(prefix="codegen-mcp-") as tmp:
-        port_file = Path(tmp) / "grpc.port"
-        env = dict(os.environ)
-        env.setdefault("RAY_AUTH_MODE", "disabled")
-        env.setdefault("CODEGEN_HTTP_PORT", "0")
-        command = [
-            sys.executable,
-            "-m",
-            "codegen_ray.cli",
-            "serve",
-            "--grpc-port",
-            "0",
-            "--port-file",
-            str(port_file),
-        ]
         # stdout belongs to JSON-RPC: the gateway writes everything to our stderr.
-        process = subprocess.Popen(
-            command, stdout=sys.stderr, stderr=sys.stderr, env=env, start_new_session=True
-        )
+        gateway = EmbeddedGateway(Path(tmp), log=sys.stderr.buffer)
         try:
-            yield f"127.0.0.1:{_wait_for_port(process, port_file)}"
+            target = gateway.start()
+        except CodegenError as exc:
+            raise click.ClickException(exc.message) from None
+        try:
+            yield target
         finally:
-            _stop(process)
-
-
-def _wait_for_port(process: subprocess.Popen[bytes], port_file: Path) -> int:
-    deadline = time.monotonic() + GATEWAY_START_TIMEOUT
-    while time.monotonic() < deadline:
-        if port_file.exists() and port_file.read_text().strip():
-            return int(port_file.read_text())
-        if process.poll() is not None:
-            raise click.ClickException(f"the embedded gateway exited with {process.returncode}")
-        time.sleep(0.1)
-    raise click.ClickException("the embedded gateway did not start in time")
-
-
-def _stop(process: subprocess.Popen[bytes], grace: float = 30.0) -> None:
-    if process.poll() is not None:
-        return
-    # The gateway ends its sessions, then Ray. It runs in its own process session, so
-    # it finishes that even if our client kills our process group meanwhile.
-    process.send_signal(signal.SIGTERM)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        process.wait(grace)
-    # Some of Ray's agents and workers outlive ray.shutdown(); all of them are in the
-    # process session the gateway was started in, and nothing else is.
-    for pid in _session_members(process.pid):
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, signal.SIGKILL)
-    process.wait()
-
-
-def _session_members(sid: int) -> list[int]:
-    members = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_bytes()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(b")") + 2 :].split()
-        if int(fields[3]) == sid:  # fields: state, ppid, pgrp, session, ...
-            members.append(int(entry.name))
-    return members
+            gateway.stop()
 
 
 @click.command()
