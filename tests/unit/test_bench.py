@@ -13,13 +13,13 @@ from codegen_ray.bench import (
     Measurement,
     Stat,
     Target,
-    descendants,
     percentile,
     pss_bytes,
     render_table,
     report,
     table_rows,
 )
+from codegen_ray.procs import Proc, descendants
 
 
 def test_nearest_rank_percentiles_of_known_lists() -> None:
@@ -177,15 +177,16 @@ def test_measurements_are_named_and_unique() -> None:
 
 def test_descendants_walks_the_whole_tree() -> None:
     table = {
-        10: (1, "gateway"),
-        11: (10, "raylet"),
-        12: (11, "ray::SessionActor"),
-        13: (12, "python -c"),
-        20: (1, "someone else's raylet"),
-        21: (20, "ray::SessionActor"),
+        10: Proc(1, "S", "gateway"),
+        11: Proc(10, "S", "raylet"),
+        12: Proc(11, "S", "ray::SessionActor"),
+        13: Proc(12, "R", "python -c"),
+        14: Proc(12, "Z", "a zombie"),
+        20: Proc(1, "S", "someone else's raylet"),
+        21: Proc(20, "S", "ray::SessionActor"),
     }
     assert sorted(descendants(10, table)) == [11, 12, 13]
-    assert descendants(13, table) == []
+    assert descendants(13, table) == set()
 
 
 def test_pss_of_this_process_is_positive() -> None:
