@@ -8,16 +8,24 @@ else is ``CODEGEN_<NAME>``, nested parts as ``CODEGEN_<PART>__<NAME>``
 
 from __future__ import annotations
 
+import os
 import socket
 from enum import StrEnum
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB
+
+
+def default_state_dir() -> Path:
+    """Root keeps state where session uids can reach it (not under a 0700 /root)."""
+    if os.geteuid() == 0:
+        return Path("/var/lib/codegen-ray")
+    return Path.home() / ".codegen-ray"
 
 
 def _legacy(name: str) -> AliasChoices:
@@ -102,14 +110,15 @@ class Settings(BaseSettings):
     log_level: str = Field("info", validation_alias=_legacy("LOG_LEVEL"))
     worker_id: str = Field("", validation_alias=_legacy("WORKER_ID"))
     max_sessions: int = Field(5, ge=1, validation_alias=_legacy("MAX_SESSIONS"))
-    base_workspace: Path = Field(
-        Path.home() / ".codegen-ray" / "workspaces", validation_alias=_legacy("BASE_WORKSPACE")
-    )
+    # Default: <state_dir>/workspaces (filled in below, once state_dir is known).
+    base_workspace: Path = Field(Path(), validation_alias=_legacy("BASE_WORKSPACE"))
     coordinator_addr: str = Field("", validation_alias=_legacy("COORDINATOR_ADDR"))
 
     host: str = Field("127.0.0.1", description="Interface the gateway listens on.")
     http_port: int = Field(8080, ge=0, le=65535)
-    state_dir: Path = Field(Path.home() / ".codegen-ray", description="Caches and default store.")
+    state_dir: Path = Field(
+        default_factory=lambda: default_state_dir(), description="Caches and default store."
+    )
     uv_cache_dir: Path | None = None
 
     limits: Limits = Limits()
@@ -117,6 +126,12 @@ class Settings(BaseSettings):
     checkpoint: CheckpointSettings = CheckpointSettings()
     isolation: IsolationSettings = IsolationSettings()
     ray: RaySettings = RaySettings()
+
+    @model_validator(mode="after")
+    def _default_base_workspace(self) -> Settings:
+        if self.base_workspace == Path():
+            self.base_workspace = self.state_dir / "workspaces"
+        return self
 
     def node_worker_id(self) -> str:
         return self.worker_id or socket.gethostname()
