@@ -20,14 +20,12 @@ from codegen_ray.kernel import KernelRuntime
 from codegen_ray.process import ProcessRunner
 from codegen_ray.session import (
     Event,
-    SessionInfo,
     SessionRuntime,
     SessionSpec,
-    SessionState,
     effective_limits,
     now_ms,
 )
-from codegen_ray.tools import TOOLS
+from codegen_ray.tools import TOOLS, SessionInfo, SessionState
 from codegen_ray.venv import VenvManager
 
 _STREAM_END = object()

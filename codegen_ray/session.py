@@ -13,7 +13,6 @@ import os
 import shutil
 import time
 from collections.abc import Awaitable, Callable
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +52,7 @@ from codegen_ray.tools import (
     PkgListResult,
     RunPythonArgs,
     RunPythonResult,
+    SessionState,
     get_tool,
     parse_args,
 )
@@ -67,36 +67,12 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-class SessionState(StrEnum):
-    CREATING = "creating"
-    READY = "ready"
-    BUSY = "busy"
-    IDLE = "idle"
-    DESTROYING = "destroying"
-    FAILED = "failed"
-    HIBERNATED = "hibernated"
-    DESTROYED = "destroyed"
-
-
 class SessionSpec(BaseModel):
     """What a client asks for when it creates a session."""
 
     env: dict[str, str] = Field(default_factory=dict)
     metadata: dict[str, str] = Field(default_factory=dict)
     limits: dict[str, Any] = Field(default_factory=dict, description="Overrides of Limits.")
-
-
-class SessionInfo(BaseModel):
-    session_id: str
-    state: SessionState
-    node_id: str = ""
-    worker_id: str = ""
-    created_ms: int = 0
-    last_activity_ms: int = 0
-    metadata: dict[str, str] = Field(default_factory=dict)
-    env: dict[str, str] = Field(default_factory=dict)
-    limits: Limits = Limits()
-    last_checkpoint_id: str = ""
 
 
 def effective_limits(ceiling: Limits, overrides: dict[str, Any]) -> Limits:

@@ -7,6 +7,7 @@ from these models, so the fronts can never disagree. Descriptions are read by LL
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any, Literal
 from urllib.parse import quote, unquote
 
@@ -331,11 +332,22 @@ class SessionInfoArgs(Args):
     pass
 
 
-class SessionInfoResult(BaseModel):
-    """Mirrors ``codegen_ray.session.SessionInfo`` (not importable here: session imports tools)."""
+class SessionState(StrEnum):
+    CREATING = "creating"
+    READY = "ready"
+    BUSY = "busy"
+    IDLE = "idle"
+    DESTROYING = "destroying"
+    FAILED = "failed"
+    HIBERNATED = "hibernated"
+    DESTROYED = "destroyed"
+
+
+class SessionInfo(BaseModel):
+    """A session as the gateway reports it (also the result of session.info)."""
 
     session_id: str
-    state: str = Field(description="creating, ready, busy, idle, hibernated, failed, ...")
+    state: SessionState = Field(description="creating, ready, busy, idle, hibernated, ...")
     node_id: str = ""
     worker_id: str = ""
     created_ms: int = 0
@@ -383,7 +395,7 @@ TOOLS.update(
             "session.info",
             "State, node, limits and metadata of the session these tools run in.",
             SessionInfoArgs,
-            SessionInfoResult,
+            SessionInfo,
         ),
         ToolSpec(
             "session.checkpoint",
@@ -397,7 +409,7 @@ TOOLS.update(
             "Restore a checkpoint: roll its session back to it, or with new_session=true "
             "start a new session from it (then pass the returned session_id).",
             SessionRestoreArgs,
-            SessionInfoResult,
+            SessionInfo,
             requires_session=False,
             mutating=True,
         ),

@@ -15,7 +15,7 @@ from codegen_ray.tools import (
     CheckpointSummary,
     EchoArgs,
     SessionCheckpointArgs,
-    SessionInfoResult,
+    SessionInfo,
     SessionRestoreArgs,
     TaskArgs,
     TaskCancelResult,
@@ -114,7 +114,7 @@ class Dispatcher:
             return {"message": args.message}
         if isinstance(args, SessionRestoreArgs):
             info = await self.router.restore(args.checkpoint_id, new_session=args.new_session)
-            return SessionInfoResult.model_validate(info).model_dump(mode="json")
+            return SessionInfo.model_validate(info).model_dump(mode="json")
         assert isinstance(args, TaskArgs)
         if name == "task.get_status":
             return self.tasks.get(args.task_id).status().model_dump(mode="json")
@@ -129,6 +129,4 @@ class Dispatcher:
         if isinstance(args, SessionCheckpointArgs):
             summary = await self.router.checkpoint(session_id, args.name)
             return CheckpointSummary.model_validate(summary).model_dump(mode="json")
-        return SessionInfoResult.model_validate(await self.router.get(session_id)).model_dump(
-            mode="json"
-        )
+        return SessionInfo.model_validate(await self.router.get(session_id)).model_dump(mode="json")

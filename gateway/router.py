@@ -19,8 +19,8 @@ from actors.worker_node import WorkerNodeActor
 from codegen_ray.checkpoint import CheckpointStore, Manifest, SessionMarkers
 from codegen_ray.config import Settings
 from codegen_ray.errors import CodegenError, ErrorCode, exhausted, not_found
-from codegen_ray.session import Event, SessionInfo, SessionSpec, SessionState, now_ms
-from codegen_ray.tools import TOOLS
+from codegen_ray.session import Event, SessionSpec, now_ms
+from codegen_ray.tools import TOOLS, SessionInfo, SessionState
 from gateway.errors import SESSION_LOST, from_ray
 
 log = logging.getLogger(__name__)

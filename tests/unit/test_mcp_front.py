@@ -6,8 +6,7 @@ import jsonschema
 import mcp_types as types
 
 from codegen_ray.errors import CodegenError, ErrorCode
-from codegen_ray.session import SessionInfo
-from codegen_ray.tools import TOOLS, ArtifactGetArgs, SessionInfoResult
+from codegen_ray.tools import TOOLS, ArtifactGetArgs
 from gateway.mcp_server import (
     ToolOutcome,
     error_result,
@@ -16,10 +15,6 @@ from gateway.mcp_server import (
     registry_tools,
     tool_result,
 )
-
-
-def test_session_info_result_mirrors_session_info() -> None:
-    assert list(SessionInfoResult.model_fields) == list(SessionInfo.model_fields)
 
 
 def test_schemas_are_valid_and_take_a_task_id() -> None:
