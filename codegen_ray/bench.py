@@ -778,6 +778,88 @@ async def _measure_quiet(b: Bench, client: AsyncClient) -> list[Measurement]:
     ]
 
 
+async def measure_kernel(b: Bench) -> list[Measurement]:
+    """kernel.execute of ``1+1`` once the kernel is warm: inside the kernel and end to end."""
+    session_id = await b.create()
+    try:
+        b.progress("kernel: first execute (starts the kernel; may install its runtime)")
+        start = time.perf_counter()
+        await b.call("kernel.execute", {"code": "x = 1"}, session_id)
+        cold = _ms_since(start)
+        inside, end_to_end = [], []
+        for i in range(b.iterations * 5 + 1):
+            start = time.perf_counter()
+            result = await b.call("kernel.execute", {"code": "1+1"}, session_id)
+            end_to_end.append(_ms_since(start))
+            inside.append(float(result["duration_ms"]))
+            if result.get("result") != "2":
+                raise RuntimeError(f"kernel.execute 1+1 gave {result}")
+            b.progress(f"kernel.execute {i}/{b.iterations * 5}")
+    finally:
+        await b.destroy(session_id)
+    return [
+        Measurement(
+            "kernel.execute 1+1 (in kernel)",
+            "ms",
+            Stat.of(inside[1:]),
+            target=Target(3.0),
+            note="duration_ms the session measures around the kernel round trip",
+        ),
+        Measurement(
+            "kernel.execute 1+1 (gRPC e2e)",
+            "ms",
+            Stat.of(end_to_end[1:]),
+            note=f"first execute, starting the kernel: {cold:.0f} ms",
+        ),
+    ]
+
+
+async def measure_mcp(b: Bench) -> list[Measurement]:
+    """MCP over streamable HTTP, beside the same calls over gRPC, in one session."""
+    if b.gateway is None:
+        return [Measurement("MCP round trip", "ms", None, note="needs the bench's own gateway")]
+    from mcp.client.session import ClientSession
+    from mcp.client.streamable_http import streamable_http_client
+
+    port = (b.gateway.workdir / "grpc-port.http").read_text().strip()
+    session_id = await b.create()
+    rows = []
+    try:
+        async with (
+            streamable_http_client(f"http://127.0.0.1:{port}/mcp") as (read, write),
+            ClientSession(read, write) as mcp,
+        ):
+            await mcp.initialize()
+            for tool, args in (
+                ("echo", {"message": "ping"}),
+                ("run.python", {"code": "print(1)", "session_id": session_id}),
+            ):
+                over_mcp, over_grpc = [], []
+                for i in range(b.iterations + 1):
+                    b.progress(f"MCP {tool} {i}/{b.iterations}")
+                    start = time.perf_counter()
+                    result = await mcp.call_tool(tool, args)
+                    over_mcp.append(_ms_since(start))
+                    if result.is_error:
+                        raise RuntimeError(f"MCP {tool} failed: {result.content}")
+                    start = time.perf_counter()
+                    grpc_args = {k: v for k, v in args.items() if k != "session_id"}
+                    await b.client.call(tool, grpc_args, session_id=session_id)
+                    over_grpc.append(_ms_since(start))
+                rows.append(
+                    Measurement(
+                        f"{tool} over MCP (streamable HTTP)",
+                        "ms",
+                        Stat.of(over_mcp[1:]),
+                        Stat.of(over_grpc[1:]),
+                        "the same call over gRPC",
+                    )
+                )
+    finally:
+        await b.destroy(session_id)
+    return rows
+
+
 MEASUREMENTS: list[tuple[str, MeasureFn]] = [
     ("echo", measure_echo),
     ("create", measure_create),
@@ -785,6 +867,8 @@ MEASUREMENTS: list[tuple[str, MeasureFn]] = [
     ("run.python", measure_run_python),
     ("fs", measure_fs),
     ("pkg.install", measure_pkg_install),
+    ("kernel", measure_kernel),
+    ("mcp", measure_mcp),
     ("restore", measure_restore),
     ("auto-checkpoint", measure_auto_checkpoint),
     ("checkpoint, hibernate, wake", measure_quiet_gateway),
