@@ -66,8 +66,12 @@ def stat_field(pid: int, number: int) -> str:
 
 
 def start_times(pids: set[int]) -> dict[int, str]:
-    """pid -> start time, to tell a pid's reuse apart."""
-    return {pid: started for pid in pids if (started := stat_field(pid, 22))}
+    """pid -> start time of the live ones (not zombies), to tell a pid's reuse apart."""
+    return {
+        pid: started
+        for pid in pids
+        if stat_field(pid, 3) not in ("", "Z", "X") and (started := stat_field(pid, 22))
+    }
 
 
 def has_file_under(pid: int, prefix: str) -> bool:
