@@ -38,6 +38,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from codegen_ray.client import Client
 from codegen_ray.errors import CodegenError, ErrorCode
+from codegen_ray.procs import process_table, signal_all, start_times, with_descendants
 
 T = TypeVar("T")
 log_ = logging.getLogger("e2e")
@@ -85,67 +86,22 @@ def free_port() -> int:
 # --- processes ---------------------------------------------------------------------------
 
 
-def _proc_table() -> dict[int, tuple[int, str]]:
-    """pid -> (ppid, cmdline) of every process we can read."""
-    table: dict[int, tuple[int, str]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        # The command name in stat may hold spaces and parentheses: split after the last ")".
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        table[int(entry.name)] = (ppid, cmdline)
-    return table
-
-
 def process_tree(roots: set[int], marker: str | None = None) -> set[int]:
     """``roots``, every process whose command line contains ``marker``, and all their descendants.
 
     Ray workers rename themselves (``ray::SessionActor``), so they are found as descendants
     of their raylet, not by their command line.
     """
-    table = _proc_table()
+    table = process_table()
     found = {pid for pid in roots if pid in table}
     if marker:
-        found |= {pid for pid, (_, cmd) in table.items() if marker in cmd}
-    children: dict[int, list[int]] = {}
-    for pid, (ppid, _) in table.items():
-        children.setdefault(ppid, []).append(pid)
-    todo = list(found)
-    while todo:
-        for child in children.get(todo.pop(), []):
-            if child not in found:
-                found.add(child)
-                todo.append(child)
-    found.discard(os.getpid())
-    return found
-
-
-def signal_all(pids: set[int], sig: signal.Signals) -> None:
-    for pid in pids:
-        try:
-            os.kill(pid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
+        found |= {pid for pid, proc in table.items() if marker in proc.cmdline}
+    return with_descendants(found, table) - {os.getpid()}
 
 
 def alive(pids: set[int]) -> set[int]:
-    table = _proc_table()
-    out = set()
-    for pid in pids:
-        if pid not in table:
-            continue
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if state != "Z":
-            out.add(pid)
-    return out
+    """The pids still running (zombies count as dead)."""
+    return set(start_times(pids))
 
 
 def _tail(path: Path, lines: int = 30) -> str:
@@ -173,9 +129,8 @@ class Node:
         return process_tree({self.proc.pid}, f"{self.temp_dir}/")
 
     def raylet_pid(self) -> int:
-        table = _proc_table()
-        for pid, (_, cmd) in table.items():
-            if "/raylet/raylet " in cmd and f"{self.temp_dir}/" in cmd:
+        for pid, proc in process_table().items():
+            if "/raylet/raylet " in proc.cmdline and f"{self.temp_dir}/" in proc.cmdline:
                 return pid
         raise LookupError(f"no raylet running for node {self.worker_id}")
 
