@@ -50,6 +50,12 @@ def client_call(target: str, fn: Any) -> Any:
             return fn(client)
     except CodegenError as exc:
         click.echo(f"error: {exc}", err=True)
+        if exc.code.value == "UNAVAILABLE" and "failed to connect" in exc.message:
+            click.echo(
+                f"hint: no gateway answers at {target}; start one with `codegen-ray serve` "
+                "or pass --target HOST:PORT",
+                err=True,
+            )
         sys.exit(2 if exc.code.value == "INVALID_ARGUMENT" else 1)
 
 
