@@ -184,6 +184,15 @@ class TaskResult(BaseModel):
     model_config = ConfigDict(extra="allow")
 
 
+@dataclass
+class ToolOutcome:
+    """What a tool call returns to a front: a result, or a task id for an asynchronous call."""
+
+    result: dict[str, Any] | None = None
+    task_id: str = ""
+    is_error: bool = False
+
+
 @dataclass(frozen=True)
 class ToolSpec:
     name: str

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 
 from codegen_ray.errors import CodegenError
@@ -19,6 +18,7 @@ from codegen_ray.tools import (
     SessionRestoreArgs,
     TaskArgs,
     TaskCancelResult,
+    ToolOutcome,
     get_tool,
     parse_args,
 )
@@ -29,13 +29,6 @@ from gateway.tasks import TaskManager
 EventSink = Callable[[Event], Awaitable[None]]
 # Tools that name a session but are answered by the gateway, not inside the session.
 SESSION_GATEWAY_TOOLS = frozenset({"session.info", "session.checkpoint"})
-
-
-@dataclass
-class ToolOutcome:
-    result: dict[str, Any] | None = None
-    task_id: str = ""
-    is_error: bool = False
 
 
 class Dispatcher:

@@ -17,8 +17,8 @@ from codegen_ray.proto import codegen_pb2_grpc as pb_grpc
 from codegen_ray.protoconv import from_struct, session_to_proto, to_struct
 from codegen_ray.render import render_text
 from codegen_ray.session import Event, SessionSpec
-from codegen_ray.tools import TOOLS
-from gateway.dispatch import Dispatcher, ToolOutcome
+from codegen_ray.tools import TOOLS, ToolOutcome
+from gateway.dispatch import Dispatcher
 from gateway.driver import RayConnection
 from gateway.errors import abort
 

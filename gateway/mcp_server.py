@@ -28,7 +28,7 @@ from codegen_ray import __version__
 from codegen_ray.errors import CodegenError, ErrorCode
 from codegen_ray.render import render_text
 from codegen_ray.session import Event, SessionSpec
-from codegen_ray.tools import TOOLS, artifact_uri
+from codegen_ray.tools import TOOLS, ToolOutcome, artifact_uri
 
 log = logging.getLogger(__name__)
 
@@ -65,15 +65,6 @@ UNKNOWN_SESSION_STEP = (
     "Check the session_id, or call again without session_id to work in this connection's "
     "own session (a new, empty one)."
 )
-
-
-@dataclass
-class ToolOutcome:
-    """What a backend returns for a call: a result, or a task id for an asynchronous call."""
-
-    result: dict[str, Any] | None = None
-    task_id: str = ""
-    is_error: bool = False
 
 
 @dataclass(frozen=True)
@@ -144,7 +135,7 @@ class DispatcherBackend(ToolBackend):
         outcome = await self.dispatcher.call(
             name, arguments, session_id, run_async=run_async, on_event=on_event
         )
-        return ToolOutcome(outcome.result, outcome.task_id, outcome.is_error)
+        return outcome
 
     async def create_session(self) -> str:
         info = await self.dispatcher.router.create(SessionSpec(), node="")
