@@ -13,14 +13,10 @@ import contextlib
 import json
 import os
 import re
-import signal
 import struct
-import subprocess
 import sys
-import time
 import zlib
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -96,74 +92,12 @@ class Mcp:
                 await self.client.destroy_session(session_id)
 
 
-@dataclass
-class McpGateway:
-    proc: subprocess.Popen[bytes]
-    root: Path
-    target: str = ""
-    http_port: int = 0
-
-    @property
-    def log(self) -> str:
-        return (self.root / "gateway.log").read_text(errors="replace")
-
-
-@pytest.fixture(scope="module")
-def mcp_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[McpGateway]:
-    """A gateway of our own, its HTTP port free (the shared one listens on the default)."""
-    root = tmp_path_factory.mktemp("mcp-gateway")
-    env = {k: v for k, v in os.environ.items() if not CONTROLLED.match(k)}
-    env.update(
-        RAY_AUTH_MODE="disabled",
-        RAY_USAGE_STATS_ENABLED="0",
-        CODEGEN_HTTP_PORT="0",
-        CODEGEN_STATE_DIR=str(root / "state"),
-        CODEGEN_RAY__INCLUDE_DASHBOARD="false",
-        CODEGEN_RAY__NUM_CPUS="2",
-        MAX_SESSIONS="4",
-    )
-    with open(root / "gateway.log", "wb") as log:
-        proc = subprocess.Popen(
-            [
-                CLI,
-                "serve",
-                "--grpc-port",
-                "0",
-                "--port-file",
-                str(root / "port"),
-                "--base-workspace",
-                str(root / "ws"),
-            ],
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    gw = McpGateway(proc, root)
-    try:
-        deadline = time.monotonic() + 240
-        while not (root / "port").exists() or not (root / "port").read_text().strip():
-            assert proc.poll() is None, f"gateway exited:\n{gw.log[-4000:]}"
-            assert time.monotonic() < deadline, f"gateway did not start:\n{gw.log[-4000:]}"
-            time.sleep(0.1)
-        gw.target = f"127.0.0.1:{int((root / 'port').read_text())}"
-        gw.http_port = int((root / "port.http").read_text())
-        yield gw
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)  # destroys its sessions, shuts its Ray down
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=60)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)  # Ray agents that outlive ray.shutdown()
-        proc.wait()
-
-
 @pytest.fixture
-async def mcp_fronts(mcp_gateway: McpGateway) -> AsyncIterator[Mcp]:
-    async with AsyncClient(mcp_gateway.target, timeout=120) as client:
-        fronts = Mcp(mcp_gateway.target, mcp_gateway.http_port, client)
+async def mcp_fronts(gateway: Any) -> AsyncIterator[Mcp]:
+    """The shared gateway's MCP fronts (its HTTP port is in ``<port-file>.http``)."""
+    http_port = int((gateway.root / "port.http").read_text())
+    async with AsyncClient(gateway.target, timeout=120) as client:
+        fronts = Mcp(gateway.target, http_port, client)
         yield fronts
         await fronts.cleanup()
 
