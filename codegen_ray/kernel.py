@@ -632,9 +632,9 @@ def _join(*parts: str) -> str:
 
 
 def _death(kernel: _Kernel) -> str:
-    code = kernel.exit_code()
-    if kernel.stopped and code is None:
+    if kernel.stopped:  # we ended it (restart, discard): its exit code is our SIGKILL
         return "the kernel was restarted"
+    code = kernel.exit_code()
     if code is not None and code < 0:
         return f"the kernel process was killed by signal {-code}"
     return f"the kernel process exited (code {code})"

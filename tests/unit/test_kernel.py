@@ -12,6 +12,7 @@ import base64
 import os
 import resource
 import signal
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -237,9 +238,16 @@ async def test_restart_and_restore_say_state_was_lost(fresh: SessionKernel) -> N
     assert told.state_lost and "restored" in told.message
 
 
-async def test_restart_while_code_runs_ends_that_call(fresh: SessionKernel) -> None:
-    task = asyncio.create_task(fresh.execute("import time\ntime.sleep(60)", 30))
-    await asyncio.sleep(1.0)
+async def test_restart_while_code_runs_ends_that_call(
+    fresh: SessionKernel, session: Session
+) -> None:
+    started = session.workspace / "started"
+    code = "import time\nopen('started', 'w').close()\ntime.sleep(60)"
+    task = asyncio.create_task(fresh.execute(code, 30))
+    deadline = time.monotonic() + 60
+    while not started.exists():  # the code is running in the kernel
+        assert time.monotonic() < deadline and not task.done(), "the code never started"
+        await asyncio.sleep(0.05)
     old_pid = fresh.pid
     await fresh.restart()
     result = await task
