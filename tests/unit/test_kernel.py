@@ -21,7 +21,7 @@ import pytest_asyncio
 
 from codegen_ray.config import Limits
 from codegen_ray.errors import CodegenError
-from codegen_ray.kernel import KernelRuntime, SessionKernel
+from codegen_ray.kernel import KernelExecuteResult, KernelRuntime, SessionKernel
 from codegen_ray.kernel_tools import (
     KernelExecuteArgs,
     kernel_execute,
@@ -164,10 +164,24 @@ async def test_timeout_interrupts_and_state_survives(shared: SessionKernel) -> N
     assert after.result == "True" and not after.restarted
 
 
-async def test_interrupt_stops_running_code(shared: SessionKernel) -> None:
+async def run_until_marked(
+    kernel: SessionKernel, session: Session, code: str
+) -> asyncio.Task[KernelExecuteResult]:
+    """Start ``code`` (which creates the file ``marker`` once it runs); wait for the file."""
+    marker = session.workspace / "marker"
+    marker.unlink(missing_ok=True)
+    task = asyncio.create_task(kernel.execute(code, 30))
+    deadline = time.monotonic() + 60
+    while not marker.exists():
+        assert time.monotonic() < deadline and not task.done(), "the code never started"
+        await asyncio.sleep(0.05)
+    return task
+
+
+async def test_interrupt_stops_running_code(shared: SessionKernel, session: Session) -> None:
     assert await shared.interrupt() is False  # nothing running
-    task = asyncio.create_task(shared.execute("import time\nz = 1\ntime.sleep(60)", 30))
-    await asyncio.sleep(1.0)
+    code = "import time\nz = 1\nopen('marker', 'w').close()\ntime.sleep(60)"
+    task = await run_until_marked(shared, session, code)
     assert (await kernel_interrupt(shared)).interrupted
     result = await task
     assert not result.timed_out and result.error is not None
@@ -175,9 +189,11 @@ async def test_interrupt_stops_running_code(shared: SessionKernel) -> None:
     assert (await shared.execute("z", 10)).result == "1"
 
 
-async def test_cancelled_execute_interrupts_the_code(shared: SessionKernel) -> None:
-    task = asyncio.create_task(shared.execute("import time\nw = 2\ntime.sleep(60)\nw = 3", 30))
-    await asyncio.sleep(1.0)
+async def test_cancelled_execute_interrupts_the_code(
+    shared: SessionKernel, session: Session
+) -> None:
+    code = "import time\nw = 2\nopen('marker', 'w').close()\ntime.sleep(60)\nw = 3"
+    task = await run_until_marked(shared, session, code)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -241,13 +257,8 @@ async def test_restart_and_restore_say_state_was_lost(fresh: SessionKernel) -> N
 async def test_restart_while_code_runs_ends_that_call(
     fresh: SessionKernel, session: Session
 ) -> None:
-    started = session.workspace / "started"
-    code = "import time\nopen('started', 'w').close()\ntime.sleep(60)"
-    task = asyncio.create_task(fresh.execute(code, 30))
-    deadline = time.monotonic() + 60
-    while not started.exists():  # the code is running in the kernel
-        assert time.monotonic() < deadline and not task.done(), "the code never started"
-        await asyncio.sleep(0.05)
+    code = "import time\nopen('marker', 'w').close()\ntime.sleep(60)"
+    task = await run_until_marked(fresh, session, code)
     old_pid = fresh.pid
     await fresh.restart()
     result = await task
