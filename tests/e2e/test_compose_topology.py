@@ -282,18 +282,19 @@ def test_sessions_land_on_the_worker_and_show_in_state_api_and_metrics(
 
             # Ray's own export on the head (what the dashboard's Metrics page and Prometheus
             # read) carries the gateway's counters and the head session's checkpoint times.
-            def exported() -> dict[Any, float] | None:
+            # Ray exports on an interval: wait until the export has caught up with the calls.
+            write_ok = frozenset({("tool", "fs.write"), ("status", "ok")})
+
+            def exported() -> bool:
                 ray_got = metric_samples(head.get(head.metrics_export_port, "/metrics"))
                 names = {name for name, _ in ray_got}
-                wanted = {"ray_codegen_tool_calls_total", "ray_codegen_checkpoint_seconds_count"}
-                return ray_got if wanted <= names else None
+                writes = any(
+                    name == "ray_codegen_tool_calls_total" and write_ok <= labels and value >= 3
+                    for (name, labels), value in ray_got.items()
+                )
+                return writes and "ray_codegen_checkpoint_seconds_count" in names
 
-            ray_got = wait_for(exported, 90, "codegen_ metrics in Ray's export", 2.0)
-            write_ok = frozenset({("tool", "fs.write"), ("status", "ok")})
-            assert any(
-                name == "ray_codegen_tool_calls_total" and write_ok <= labels and value >= 3
-                for (name, labels), value in ray_got.items()
-            )
+            assert wait_for(exported, 90, "codegen_ metrics in Ray's export", 2.0)
         finally:
             for info in (on_head, pinned, placed):
                 client.destroy_session(info["session_id"])
